@@ -1,0 +1,1 @@
+"""Prefect flows: run (and resume), rollback, destroy, drift check."""

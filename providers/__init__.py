@@ -1,0 +1,1 @@
+"""Provider drivers: one interface (``providers.base``), drivers that only translate."""

@@ -1,0 +1,1081 @@
+"""The durable record of every workflow: what it is, what ran, what it created, how to undo it.
+
+Rollback and crash-safe resume both rest on this record, so it is written before and after every
+side effect and each write is its own short transaction, committed before the call returns: a
+process killed at any instant leaves the journal consistent and tells the next run exactly how far
+the last one got.
+
+The store is SQLite by default (one file in the state directory) and any SQL database SQLAlchemy
+can reach by URL otherwise. For SQLite the file runs in WAL mode (readers never block the writer),
+every write transaction starts with ``BEGIN IMMEDIATE`` (so two writers queue on the busy timeout
+instead of failing with "database is locked" when one upgrades a read lock), and writers of one
+process take turns on a mutex so threads do not spin in SQLite's busy handler. On other databases
+the writes that read before they write lock the workflow's row (``SELECT ... FOR UPDATE``).
+
+This module is core: it must never import Prefect, providers, tasks or flows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import to_jsonable_python
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, Row, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+
+from provisioning.errors import (
+    ConfigurationError,
+    ProvisioningError,
+    ResourceNotFound,
+    WorkflowLocked,
+    WorkflowNotFound,
+)
+
+__all__ = [
+    "Checkpoint",
+    "ErrorInput",
+    "Journal",
+    "LockRecord",
+    "OperationRecord",
+    "OperationStatus",
+    "ResourceRecord",
+    "ResourceState",
+    "RollbackEntry",
+    "RollbackStatus",
+    "WorkflowRecord",
+    "WorkflowStatus",
+]
+
+logger = logging.getLogger(__name__)
+
+WorkflowStatus = Literal[
+    "pending", "running", "succeeded", "failed", "rolled_back", "destroyed", "partial", "cancelled"
+]
+OperationStatus = Literal[
+    "pending", "intent", "running", "succeeded", "failed", "not_run", "rolled_back"
+]
+ResourceState = Literal["creating", "present", "deleted", "unknown"]
+RollbackStatus = Literal["pending", "done", "failed", "skipped"]
+
+#: What callers may pass as an ``error``: the envelope's error object, the exception itself, or
+#: just a message. All are stored as the envelope's ``{"code", "message", "details"}`` object.
+ErrorInput = Mapping[str, Any] | BaseException | str | None
+
+_FINISHED_OPERATION = {"succeeded", "failed", "not_run", "rolled_back"}
+_WRITE_OPTION = "journal_write"
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------- models
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class WorkflowRecord(_Record):
+    workflow_id: str
+    name: str
+    spec: dict[str, Any]
+    status: WorkflowStatus
+    flow_run_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    #: Bumped by ``Journal.new_generation``; part of the engine's cache keys so that a re-run after
+    #: a rollback creates things again instead of returning results of undone operations.
+    generation: int
+    error: dict[str, Any] | None
+
+
+class OperationRecord(_Record):
+    workflow_id: str
+    operation_id: str
+    kind: str
+    provider: str | None
+    key: str
+    status: OperationStatus
+    #: How many times an intent was recorded (1 on the first try; retries and resumes add one).
+    attempt: int
+    result: Any
+    error: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ResourceRecord(_Record):
+    id: int
+    workflow_id: str
+    operation_id: str
+    provider: str
+    resource_id: str
+    key: str
+    state: ResourceState
+    created_at: datetime
+    updated_at: datetime
+
+
+class RollbackEntry(_Record):
+    #: Push order: a higher id was pushed later and is undone earlier.
+    id: int
+    workflow_id: str
+    operation_id: str
+    action: dict[str, Any]
+    status: RollbackStatus
+    error: dict[str, Any] | None
+    pushed_at: datetime
+    done_at: datetime | None
+
+
+class LockRecord(_Record):
+    workflow_id: str
+    owner: str
+    pid: int
+    hostname: str
+    acquired_at: datetime
+    heartbeat_at: datetime
+
+
+class Checkpoint(_Record):
+    """How far a workflow got, in the seed's checkpoint shape.
+
+    ``step`` is the number of completed (succeeded) operations: with parallel waves there is no
+    single "current step", while a count is what a progress display and a resume report need.
+    ``current_state`` holds ``status`` (the workflow's) and ``operations`` (id -> status, in start
+    order); ``metadata`` holds ``name``, ``generation``, ``flow_run_id``, ``resource_count``
+    (resources not deleted) and ``rollback_depth`` (pending rollback entries).
+    """
+
+    workflow_id: str
+    step: int
+    completed_operations: list[str]
+    current_state: dict[str, Any]
+    metadata: dict[str, Any]
+    timestamp: datetime
+
+
+# --------------------------------------------------------------------------------------- schema
+
+
+class _UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text, so we add UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_metadata = sa.MetaData()
+_NAME = sa.String(255)
+_STATUS = sa.String(32)
+
+
+def _workflow_fk() -> sa.ForeignKey:
+    return sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE")
+
+
+_workflows = sa.Table(
+    "workflows",
+    _metadata,
+    sa.Column("workflow_id", _NAME, primary_key=True),
+    sa.Column("name", _NAME, nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("status", _STATUS, nullable=False),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("created_at", _UTCDateTime, nullable=False, index=True),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+)
+
+_operations = sa.Table(
+    "operations",
+    _metadata,
+    sa.Column("workflow_id", _NAME, _workflow_fk(), primary_key=True),
+    sa.Column("operation_id", _NAME, primary_key=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("key", sa.String(512), nullable=False),
+    sa.Column("status", _STATUS, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("result", sa.JSON(none_as_null=True)),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+    sa.Column("started_at", _UTCDateTime),
+    sa.Column("finished_at", _UTCDateTime),
+)
+
+_resources = sa.Table(
+    "resources",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workflow_id", _NAME, _workflow_fk(), nullable=False, index=True),
+    sa.Column("operation_id", _NAME, nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("resource_id", _NAME, nullable=False),
+    sa.Column("key", sa.String(512), nullable=False, index=True),
+    sa.Column("state", _STATUS, nullable=False),
+    sa.Column("created_at", _UTCDateTime, nullable=False),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+    sa.UniqueConstraint("provider", "resource_id"),
+    # Never reuse an id: a stale id must not address a newer row.
+    sqlite_autoincrement=True,
+)
+
+_rollback = sa.Table(
+    "rollback_stack",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("workflow_id", _NAME, _workflow_fk(), nullable=False, index=True),
+    sa.Column("operation_id", _NAME, nullable=False),
+    sa.Column("action", sa.JSON, nullable=False),
+    sa.Column("status", _STATUS, nullable=False),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+    sa.Column("pushed_at", _UTCDateTime, nullable=False),
+    sa.Column("done_at", _UTCDateTime),
+    sqlite_autoincrement=True,
+)
+
+# No foreign key: a run may take the lock before it records the workflow.
+_locks = sa.Table(
+    "locks",
+    _metadata,
+    sa.Column("workflow_id", _NAME, primary_key=True),
+    sa.Column("owner", _NAME, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("hostname", _NAME, nullable=False),
+    sa.Column("acquired_at", _UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", _UTCDateTime, nullable=False),
+)
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dumps(value: Any) -> str:
+    # Lenient on purpose: datetimes, paths and models in results become their JSON form.
+    return json.dumps(value, default=to_jsonable_python, ensure_ascii=False)
+
+
+def _error_json(error: ErrorInput) -> dict[str, Any] | None:
+    """The envelope's error object (code, message, details) for whatever the caller has."""
+    if error is None:
+        return None
+    if isinstance(error, ProvisioningError):
+        return error.to_dict()
+    if isinstance(error, BaseException):
+        return {"code": type(error).__name__, "message": str(error), "details": {}}
+    if isinstance(error, str):
+        return {"code": "ERROR", "message": error, "details": {}}
+    return dict(error)
+
+
+def _check(value: str, allowed: Any, what: str) -> None:
+    if value not in get_args(allowed):
+        raise ValueError(
+            f"unknown {what} {value!r}; expected one of {', '.join(get_args(allowed))}"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet still answers ``kill(pid, 0)``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] == "Z"
+
+
+def _is_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
+def _create_engine(url: URL, busy_timeout: float) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True)
+
+    memory = _is_memory(url)
+    database = url.database or ""
+    if not memory and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        json_serializer=_dumps,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+        # An in-memory database exists once per connection: share a single one.
+        poolclass=sa.StaticPool if memory else sa.QueuePool,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (below) instead of pysqlite's implicit deferred BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+
+    return engine
+
+
+# -------------------------------------------------------------------------------------- journal
+
+
+class Journal:
+    """The workflow journal on one database (``Journal(url)``; ``from_state_dir`` for SQLite).
+
+    Safe to share between threads and to open from several processes at once.
+    """
+
+    def __init__(
+        self, url: str | URL, *, stale_after: float = 30.0, busy_timeout: float = 30.0
+    ) -> None:
+        self._stale_after = stale_after
+        self._hostname = socket.gethostname()
+        try:
+            parsed = make_url(url)
+        except ArgumentError as error:
+            raise ConfigurationError(
+                f"the journal database URL is not a valid SQLAlchemy URL: {error}",
+                code="JOURNAL_URL_INVALID",
+            ) from error
+        self.url = parsed.render_as_string(hide_password=True)
+        try:
+            if parsed.get_dialect().is_async:
+                raise ConfigurationError(
+                    f"journal database URL {self.url}: use a synchronous driver, not"
+                    f" {parsed.get_driver_name()!r}",
+                    code="JOURNAL_URL_INVALID",
+                )
+            self._engine = _create_engine(parsed, busy_timeout)
+        except (NoSuchModuleError, ImportError) as error:
+            raise ConfigurationError(
+                f"journal database URL {self.url}: no such database driver ({error})",
+                code="JOURNAL_URL_INVALID",
+            ) from error
+        sqlite = parsed.get_backend_name() == "sqlite"
+        self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
+        # Writers of one process take turns; an in-memory database also serialises readers.
+        self._write_mutex: AbstractContextManager[Any] = (
+            threading.Lock() if sqlite else nullcontext()
+        )
+        self._read_mutex: AbstractContextManager[Any] = (
+            self._write_mutex if sqlite and _is_memory(parsed) else nullcontext()
+        )
+        try:
+            with self._write() as conn:
+                _metadata.create_all(conn)
+        except OperationalError as error:
+            self._engine.dispose()
+            raise ConfigurationError(
+                f"cannot open the journal at {self.url}: {error.orig}", code="JOURNAL_UNAVAILABLE"
+            ) from error
+
+    @classmethod
+    def from_state_dir(cls, path: str | os.PathLike[str], **kwargs: float) -> Journal:
+        """The default journal: ``journal.db`` in the state directory (created if missing)."""
+        database = Path(path).expanduser().resolve() / "journal.db"
+        return cls(URL.create("sqlite", database=str(database)), **kwargs)
+
+    def close(self) -> None:
+        """Release the database connections (the journal is unusable afterwards)."""
+        self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.url!r})"
+
+    # ---------------------------------------------------------------------------- transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_mutex, self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._read_mutex, self._engine.connect() as conn:
+            yield conn
+
+    def _write_retrying(self, body: Callable[[Connection], _T]) -> _T:
+        """Run ``body`` in a write transaction, again if a concurrent insert won the race.
+
+        Only databases without whole-file write locks can race like this; SQLite never does.
+        """
+        for _ in range(2):
+            try:
+                with self._write() as conn:
+                    return body(conn)
+            except IntegrityError:
+                logger.debug("journal write lost an insert race; retrying")
+        with self._write() as conn:
+            return body(conn)
+
+    @staticmethod
+    def _lock_workflow(conn: Connection, workflow_id: str) -> None:
+        """Serialise writers of one workflow (FOR UPDATE; SQLite's IMMEDIATE already does)."""
+        found = conn.execute(
+            sa.select(_workflows.c.workflow_id)
+            .where(_workflows.c.workflow_id == workflow_id)
+            .with_for_update()
+        ).first()
+        if found is None:
+            raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
+
+    # ------------------------------------------------------------------------------- workflows
+
+    def upsert_workflow(
+        self, workflow_id: str, name: str, spec: Mapping[str, Any]
+    ) -> WorkflowRecord:
+        """Record a submitted spec; a known workflow keeps its status, generation and run id."""
+
+        def body(conn: Connection) -> None:
+            now = _now()
+            updated = conn.execute(
+                sa.update(_workflows)
+                .where(_workflows.c.workflow_id == workflow_id)
+                .values(name=name, spec=dict(spec), updated_at=now)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    sa.insert(_workflows).values(
+                        workflow_id=workflow_id,
+                        name=name,
+                        spec=dict(spec),
+                        status="pending",
+                        flow_run_id=None,
+                        created_at=now,
+                        updated_at=now,
+                        generation=0,
+                        error=None,
+                    )
+                )
+
+        self._write_retrying(body)
+        return self._require_workflow(workflow_id)
+
+    def set_workflow_status(
+        self,
+        workflow_id: str,
+        status: WorkflowStatus,
+        *,
+        error: ErrorInput = None,
+        flow_run_id: str | None = None,
+    ) -> WorkflowRecord:
+        """Set the status and its error (``None`` clears an old one); keep an unset run id."""
+        _check(status, WorkflowStatus, "workflow status")
+        values: dict[str, Any] = {
+            "status": status,
+            "error": _error_json(error),
+            "updated_at": _now(),
+        }
+        if flow_run_id is not None:
+            values["flow_run_id"] = flow_run_id
+        with self._write() as conn:
+            updated = conn.execute(
+                sa.update(_workflows)
+                .where(_workflows.c.workflow_id == workflow_id)
+                .values(**values)
+            ).rowcount
+        if not updated:
+            raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
+        return self._require_workflow(workflow_id)
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(_workflows).where(_workflows.c.workflow_id == workflow_id)
+            ).first()
+        return None if row is None else WorkflowRecord.model_validate(row._asdict())
+
+    def _require_workflow(self, workflow_id: str) -> WorkflowRecord:
+        record = self.get_workflow(workflow_id)
+        if record is None:
+            raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
+        return record
+
+    def list_workflows(
+        self, status: WorkflowStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[WorkflowRecord]:
+        """Newest first."""
+        query = sa.select(_workflows).order_by(
+            _workflows.c.created_at.desc(), _workflows.c.workflow_id.desc()
+        )
+        if status is not None:
+            query = query.where(_workflows.c.status == status)
+        with self._read() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset)).all()
+        return [WorkflowRecord.model_validate(row._asdict()) for row in rows]
+
+    def count_workflows(self, status: WorkflowStatus | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(_workflows)
+        if status is not None:
+            query = query.where(_workflows.c.status == status)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def new_generation(self, workflow_id: str) -> int:
+        """Start a new generation (after a rollback) and return its number."""
+        with self._write() as conn:
+            generation = conn.execute(
+                sa.update(_workflows)
+                .where(_workflows.c.workflow_id == workflow_id)
+                .values(generation=_workflows.c.generation + 1, updated_at=_now())
+                .returning(_workflows.c.generation)
+            ).scalar_one_or_none()
+        if generation is None:
+            raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
+        return int(generation)
+
+    # ------------------------------------------------------------------------------ operations
+
+    def record_intent(
+        self, workflow_id: str, operation_id: str, *, kind: str, provider: str | None, key: str
+    ) -> int:
+        """Note that an operation is about to act, before it does; return the attempt number."""
+        with self._write() as conn:
+            self._lock_workflow(conn, workflow_id)
+            where = (_operations.c.workflow_id == workflow_id) & (
+                _operations.c.operation_id == operation_id
+            )
+            previous = conn.execute(sa.select(_operations.c.attempt).where(where)).scalar()
+            attempt = 1 if previous is None else int(previous) + 1
+            values = {
+                "kind": kind,
+                "provider": provider,
+                "key": key,
+                "status": "intent",
+                "attempt": attempt,
+                "result": None,
+                "error": None,
+                "started_at": _now(),
+                "finished_at": None,
+            }
+            if previous is None:
+                conn.execute(
+                    sa.insert(_operations).values(
+                        workflow_id=workflow_id, operation_id=operation_id, **values
+                    )
+                )
+            else:
+                conn.execute(sa.update(_operations).where(where).values(**values))
+        return attempt
+
+    def record_outcome(
+        self,
+        workflow_id: str,
+        operation_id: str,
+        status: OperationStatus,
+        *,
+        result: Any = None,
+        error: ErrorInput = None,
+        kind: str | None = None,
+        provider: str | None = None,
+    ) -> OperationRecord:
+        """Record how an operation ended (or that it is running).
+
+        An operation that never recorded an intent (one skipped as ``not_run``) is added with
+        attempt 0; ``kind`` (and ``provider``) are then required to describe it.
+        """
+        _check(status, OperationStatus, "operation status")
+        finished = _now() if status in _FINISHED_OPERATION else None
+        values = {"status": status, "result": result, "error": _error_json(error)}
+        with self._write() as conn:
+            self._lock_workflow(conn, workflow_id)
+            updated = conn.execute(
+                sa.update(_operations)
+                .where(
+                    (_operations.c.workflow_id == workflow_id)
+                    & (_operations.c.operation_id == operation_id)
+                )
+                .values(finished_at=finished, **values)
+            ).rowcount
+            if not updated:
+                if kind is None:
+                    raise ProvisioningError(
+                        f"operation {operation_id!r} of workflow {workflow_id!r} has no recorded"
+                        " intent; pass kind= to record its outcome",
+                        code="OPERATION_NOT_FOUND",
+                        operation=operation_id,
+                    )
+                conn.execute(
+                    sa.insert(_operations).values(
+                        workflow_id=workflow_id,
+                        operation_id=operation_id,
+                        kind=kind,
+                        provider=provider,
+                        key=f"{workflow_id}/{operation_id}",
+                        attempt=0,
+                        started_at=None,
+                        finished_at=finished,
+                        **values,
+                    )
+                )
+        record = self.get_operation(workflow_id, operation_id)
+        assert record is not None  # written just above; operations are never deleted
+        return record
+
+    def get_operation(self, workflow_id: str, operation_id: str) -> OperationRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(_operations).where(
+                    (_operations.c.workflow_id == workflow_id)
+                    & (_operations.c.operation_id == operation_id)
+                )
+            ).first()
+        return None if row is None else OperationRecord.model_validate(row._asdict())
+
+    def operations(self, workflow_id: str) -> list[OperationRecord]:
+        """The workflow's operations in the order they started (never-started ones last)."""
+        with self._read() as conn:
+            rows = self._operation_rows(conn, workflow_id)
+        return [OperationRecord.model_validate(row._asdict()) for row in rows]
+
+    @staticmethod
+    def _operation_rows(conn: Connection, workflow_id: str) -> list[Row[Any]]:
+        return list(
+            conn.execute(
+                sa.select(_operations)
+                .where(_operations.c.workflow_id == workflow_id)
+                .order_by(sa.nulls_last(_operations.c.started_at), _operations.c.operation_id)
+            ).all()
+        )
+
+    def reset_operations(self, workflow_id: str) -> int:
+        """Make every operation pending again (a fresh run after a rollback); return the count."""
+        with self._write() as conn:
+            self._lock_workflow(conn, workflow_id)
+            return conn.execute(
+                sa.update(_operations)
+                .where(_operations.c.workflow_id == workflow_id)
+                .values(
+                    status="pending",
+                    attempt=0,
+                    result=None,
+                    error=None,
+                    started_at=None,
+                    finished_at=None,
+                )
+            ).rowcount
+
+    # ------------------------------------------------------------------------------- resources
+
+    def record_resource(
+        self,
+        workflow_id: str,
+        operation_id: str,
+        *,
+        provider: str,
+        resource_id: str,
+        key: str,
+        state: ResourceState = "present",
+    ) -> ResourceRecord:
+        """Remember a resource the workflow created; recording it again only updates its state."""
+        _check(state, ResourceState, "resource state")
+
+        def body(conn: Connection) -> None:
+            self._lock_workflow(conn, workflow_id)
+            now = _now()
+            updated = conn.execute(
+                sa.update(_resources)
+                .where(
+                    (_resources.c.provider == provider) & (_resources.c.resource_id == resource_id)
+                )
+                .values(state=state, updated_at=now)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    sa.insert(_resources).values(
+                        workflow_id=workflow_id,
+                        operation_id=operation_id,
+                        provider=provider,
+                        resource_id=resource_id,
+                        key=key,
+                        state=state,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+
+        self._write_retrying(body)
+        return self._require_resource(provider, resource_id)
+
+    def set_resource_state(
+        self, provider: str, resource_id: str, state: ResourceState
+    ) -> ResourceRecord:
+        _check(state, ResourceState, "resource state")
+        with self._write() as conn:
+            updated = conn.execute(
+                sa.update(_resources)
+                .where(
+                    (_resources.c.provider == provider) & (_resources.c.resource_id == resource_id)
+                )
+                .values(state=state, updated_at=_now())
+            ).rowcount
+        if not updated:
+            raise _resource_not_found(provider, resource_id)
+        return self._require_resource(provider, resource_id)
+
+    def _require_resource(self, provider: str, resource_id: str) -> ResourceRecord:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(_resources).where(
+                    (_resources.c.provider == provider) & (_resources.c.resource_id == resource_id)
+                )
+            ).first()
+        if row is None:
+            raise _resource_not_found(provider, resource_id)
+        return ResourceRecord.model_validate(row._asdict())
+
+    def resources(
+        self,
+        workflow_id: str | None = None,
+        *,
+        provider: str | None = None,
+        include_deleted: bool = False,
+    ) -> list[ResourceRecord]:
+        """Resources in the order they were recorded."""
+        query = sa.select(_resources).order_by(_resources.c.id)
+        if workflow_id is not None:
+            query = query.where(_resources.c.workflow_id == workflow_id)
+        if provider is not None:
+            query = query.where(_resources.c.provider == provider)
+        if not include_deleted:
+            query = query.where(_resources.c.state != "deleted")
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [ResourceRecord.model_validate(row._asdict()) for row in rows]
+
+    def resource_by_key(self, key: str) -> ResourceRecord | None:
+        """The newest resource created under an idempotency key that is not deleted.
+
+        A deleted one does not count: a resumed run must then create the resource again.
+        """
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(_resources)
+                .where((_resources.c.key == key) & (_resources.c.state != "deleted"))
+                .order_by(_resources.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else ResourceRecord.model_validate(row._asdict())
+
+    def owned_keys(self, provider: str | None = None) -> set[str]:
+        """Idempotency keys of every resource not deleted: what the orphan sweep must spare."""
+        query = sa.select(_resources.c.key).where(_resources.c.state != "deleted").distinct()
+        if provider is not None:
+            query = query.where(_resources.c.provider == provider)
+        with self._read() as conn:
+            return set(conn.execute(query).scalars())
+
+    # -------------------------------------------------------------------------- rollback stack
+
+    def push_rollback(self, workflow_id: str, operation_id: str, action: Mapping[str, Any]) -> int:
+        """Push an operation's undo action; return its entry id.
+
+        Idempotent while the entry is pending: a hook that fires twice gets the first id back.
+        """
+        if "type" not in action:
+            raise ValueError(f"rollback action for {operation_id!r} has no 'type': {dict(action)}")
+        with self._write() as conn:
+            self._lock_workflow(conn, workflow_id)
+            existing = conn.execute(
+                sa.select(_rollback.c.id).where(
+                    (_rollback.c.workflow_id == workflow_id)
+                    & (_rollback.c.operation_id == operation_id)
+                    & (_rollback.c.status == "pending")
+                )
+            ).scalar()
+            if existing is not None:
+                return int(existing)
+            entry_id = conn.execute(
+                sa.insert(_rollback)
+                .values(
+                    workflow_id=workflow_id,
+                    operation_id=operation_id,
+                    action=dict(action),
+                    status="pending",
+                    error=None,
+                    pushed_at=_now(),
+                    done_at=None,
+                )
+                .returning(_rollback.c.id)
+            ).scalar_one()
+        return int(entry_id)
+
+    def rollback_stack(
+        self, workflow_id: str, status: RollbackStatus | None = "pending"
+    ) -> list[RollbackEntry]:
+        """Entries with ``status`` (all if ``None``), top of the stack (last pushed) first."""
+        query = (
+            sa.select(_rollback)
+            .where(_rollback.c.workflow_id == workflow_id)
+            .order_by(_rollback.c.id.desc())
+        )
+        if status is not None:
+            query = query.where(_rollback.c.status == status)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [RollbackEntry.model_validate(row._asdict()) for row in rows]
+
+    def mark_rollback(
+        self, entry_id: int, status: RollbackStatus, error: ErrorInput = None
+    ) -> RollbackEntry:
+        """Record what happened to an entry (``pending`` puts it back on the stack)."""
+        _check(status, RollbackStatus, "rollback status")
+        done_at = None if status == "pending" else _now()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(_rollback)
+                .where(_rollback.c.id == entry_id)
+                .values(status=status, error=_error_json(error), done_at=done_at)
+                .returning(*_rollback.c)
+            ).first()
+        if row is None:
+            raise ProvisioningError(
+                f"no rollback entry {entry_id} in the journal", code="ROLLBACK_ENTRY_NOT_FOUND"
+            )
+        return RollbackEntry.model_validate(row._asdict())
+
+    def clear_rollback(self, workflow_id: str) -> int:
+        """Drop the workflow's whole stack (before a fresh run); return how many entries went."""
+        with self._write() as conn:
+            return conn.execute(
+                sa.delete(_rollback).where(_rollback.c.workflow_id == workflow_id)
+            ).rowcount
+
+    # ---------------------------------------------------------------------------------- locks
+
+    @contextmanager
+    def lock(self, workflow_id: str, owner: str | None = None) -> Iterator[LockRecord]:
+        """Hold the workflow exclusively (one run or resume at a time, across processes).
+
+        Raises ``WorkflowLocked`` naming the holder if a live one has it. A holder is dead when
+        its pid is gone on this host, or when its heartbeat is older than ``stale_after``
+        seconds (another host, or a hung process): its lock is then taken over.
+        """
+        owner = owner or f"{self._hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        record = self._acquire(workflow_id, owner)
+        heartbeat = _Heartbeat(self, workflow_id, owner, self._stale_after / 3)
+        heartbeat.start()
+        try:
+            yield record
+        finally:
+            heartbeat.stop()
+            with self._write() as conn:
+                conn.execute(
+                    sa.delete(_locks).where(
+                        (_locks.c.workflow_id == workflow_id) & (_locks.c.owner == owner)
+                    )
+                )
+
+    def lock_holder(self, workflow_id: str) -> LockRecord | None:
+        """Who holds the workflow's lock row (alive or not), for status displays."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(_locks).where(_locks.c.workflow_id == workflow_id)).first()
+        return None if row is None else LockRecord.model_validate(row._asdict())
+
+    def _acquire(self, workflow_id: str, owner: str) -> LockRecord:
+        for _ in range(3):
+            try:
+                with self._write() as conn:
+                    record = self._try_acquire(conn, workflow_id, owner)
+            except IntegrityError:  # another process inserted the row first: look again
+                continue
+            if record is not None:
+                return record
+        raise WorkflowLocked(
+            f"workflow {workflow_id!r} is contended: its lock changed hands while we took it",
+            workflow=workflow_id,
+        )
+
+    def _try_acquire(self, conn: Connection, workflow_id: str, owner: str) -> LockRecord | None:
+        """Take the lock in one transaction; ``None`` if a concurrent taker won a race."""
+        now = _now()
+        mine = LockRecord(
+            workflow_id=workflow_id,
+            owner=owner,
+            pid=os.getpid(),
+            hostname=self._hostname,
+            acquired_at=now,
+            heartbeat_at=now,
+        )
+        row = conn.execute(sa.select(_locks).where(_locks.c.workflow_id == workflow_id)).first()
+        if row is None:
+            conn.execute(sa.insert(_locks).values(**mine.model_dump()))
+            return mine
+        holder = LockRecord.model_validate(row._asdict())
+        if not self._is_stale(holder, now):
+            raise WorkflowLocked(
+                f"workflow {workflow_id!r} is locked by pid {holder.pid} on {holder.hostname}"
+                f" since {holder.acquired_at.isoformat(timespec='seconds')}"
+                f" (owner {holder.owner})",
+                workflow=workflow_id,
+                pid=holder.pid,
+                hostname=holder.hostname,
+            )
+        taken = conn.execute(
+            sa.update(_locks)
+            .where(
+                (_locks.c.workflow_id == workflow_id)
+                & (_locks.c.owner == holder.owner)
+                & (_locks.c.heartbeat_at == holder.heartbeat_at)
+            )
+            .values(**mine.model_dump(exclude={"workflow_id"}))
+        ).rowcount
+        if not taken:
+            return None
+        logger.warning(
+            "took over the stale lock of workflow %r from pid %s on %s (last heartbeat %s)",
+            workflow_id,
+            holder.pid,
+            holder.hostname,
+            holder.heartbeat_at.isoformat(),
+        )
+        return mine
+
+    def _is_stale(self, holder: LockRecord, now: datetime) -> bool:
+        if holder.hostname == self._hostname and not _pid_alive(holder.pid):
+            return True
+        return (now - holder.heartbeat_at).total_seconds() > self._stale_after
+
+    def _beat(self, workflow_id: str, owner: str) -> bool:
+        """Refresh our heartbeat; ``False`` if the lock is no longer ours."""
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    sa.update(_locks)
+                    .where((_locks.c.workflow_id == workflow_id) & (_locks.c.owner == owner))
+                    .values(heartbeat_at=_now())
+                ).rowcount
+            )
+
+    # ----------------------------------------------------------------------------- checkpoint
+
+    def checkpoint(self, workflow_id: str) -> Checkpoint:
+        """How far the workflow got, read in one consistent snapshot."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(_workflows).where(_workflows.c.workflow_id == workflow_id)
+            ).first()
+            if row is None:
+                raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
+            workflow = WorkflowRecord.model_validate(row._asdict())
+            operations = [
+                OperationRecord.model_validate(op._asdict())
+                for op in self._operation_rows(conn, workflow_id)
+            ]
+            resource_count = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(_resources)
+                .where(
+                    (_resources.c.workflow_id == workflow_id) & (_resources.c.state != "deleted")
+                )
+            ).scalar_one()
+            rollback_depth = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(_rollback)
+                .where((_rollback.c.workflow_id == workflow_id) & (_rollback.c.status == "pending"))
+            ).scalar_one()
+        completed = sorted(
+            (op for op in operations if op.status == "succeeded" and op.finished_at is not None),
+            key=lambda op: (op.finished_at, op.operation_id),
+        )
+        return Checkpoint(
+            workflow_id=workflow_id,
+            step=len(completed),
+            completed_operations=[op.operation_id for op in completed],
+            current_state={
+                "status": workflow.status,
+                "operations": {op.operation_id: op.status for op in operations},
+            },
+            metadata={
+                "name": workflow.name,
+                "generation": workflow.generation,
+                "flow_run_id": workflow.flow_run_id,
+                "resource_count": int(resource_count),
+                "rollback_depth": int(rollback_depth),
+            },
+            timestamp=_now(),
+        )
+
+
+def _resource_not_found(provider: str, resource_id: str) -> ResourceNotFound:
+    return ResourceNotFound(f"resource {resource_id!r} is not in the journal", provider=provider)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps a held lock fresh so that only a dead or hung holder ever looks stale."""
+
+    def __init__(self, journal: Journal, workflow_id: str, owner: str, interval: float) -> None:
+        super().__init__(name=f"journal-heartbeat-{workflow_id}", daemon=True)
+        self._journal = journal
+        self._workflow_id = workflow_id
+        self._owner = owner
+        self._interval = interval
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self._interval):
+            try:
+                if not self._journal._beat(self._workflow_id, self._owner):
+                    logger.warning(
+                        "lost the lock of workflow %r: another process took it over",
+                        self._workflow_id,
+                    )
+                    return
+            except SQLAlchemyError as error:  # keep beating; the next one may get through
+                logger.warning("journal heartbeat for %r failed: %s", self._workflow_id, error)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()

@@ -1,0 +1,1 @@
+"""Prefect tasks: one per operation, each wrapping one provider or local call."""

@@ -1,0 +1,108 @@
+"""``server.create`` / ``server.delete`` on any provider, crash-safe by idempotency key.
+
+Create records its intent in the journal before calling the provider and the server id right
+after the provider answers, before waiting for it to run. Whatever instant a process dies at,
+the next attempt (a retry, or ``provision resume``) finds the server by its key instead of making
+a second one: the driver's ``create_server`` looks the key up first, and the journal keeps the id.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from providers.base import PermanentProviderError, Provider, ResourceNotFound, ServerState
+from provisioning.envelope import ResourceInfo
+from provisioning.events import ResourceCreated, ResourceDeleted, emit
+from provisioning.rollback import DeleteResource
+from provisioning.spec import ServerCreateOperation, ServerDeleteOperation
+from tasks.context import RunContext
+from tasks.outcome import OperationOutput
+
+
+def idempotency_key(workflow_id: str, operation_id: str) -> str:
+    return f"{workflow_id}/{operation_id}"
+
+
+def create_server(context: RunContext, operation: ServerCreateOperation) -> OperationOutput:
+    assert operation.provider is not None  # guaranteed by spec validation
+    provider = context.provider(operation.provider)
+    key = idempotency_key(context.workflow_id, operation.id)
+    server = provider.create_server(operation.params, key)
+    context.journal.record_resource(
+        context.workflow_id,
+        operation.id,
+        provider=operation.provider,
+        resource_id=server.id,
+        key=key,
+        state="creating",
+    )
+    server = provider.wait_for(server.id, ServerState.running)
+    context.journal.set_resource_state(operation.provider, server.id, "present")
+    emit(
+        ResourceCreated(
+            workflow_id=context.workflow_id,
+            flow_run_id=context.flow_run_id,
+            provider=operation.provider,
+            resource_id=server.id,
+            operation_id=operation.id,
+            name=server.name,
+        )
+    )
+    resource = ResourceInfo(
+        provider=operation.provider,
+        resource_id=server.id,
+        operation_id=operation.id,
+        name=server.name,
+        key=key,
+    )
+    return OperationOutput(
+        output={"server": server.model_dump(mode="json", exclude={"raw"})},
+        resources=[resource],
+        rollback=DeleteResource(provider=operation.provider, resource_id=server.id, key=key),
+    )
+
+
+def _select(provider: Provider, operation: ServerDeleteOperation) -> str | None:
+    params = operation.params
+    if params.server_id is not None:
+        return params.server_id
+    matches = [server for server in provider.list_servers() if server.name == params.name]
+    if len(matches) > 1:
+        ids = ", ".join(server.id for server in matches)
+        raise PermanentProviderError(
+            f"{len(matches)} servers are named '{params.name}' ({ids}): delete by server_id",
+            provider=provider.name,
+            operation=operation.id,
+        )
+    return matches[0].id if matches else None
+
+
+def delete_server(context: RunContext, operation: ServerDeleteOperation) -> OperationOutput:
+    """Delete a server; one that is already gone counts as deleted (the goal state holds)."""
+    assert operation.provider is not None
+    provider = context.provider(operation.provider)
+    server_id = _select(provider, operation)
+    if server_id is None:
+        return OperationOutput(output={"deleted": None, "already_absent": True})
+    remove_server(context, operation.provider, server_id, operation.id)
+    return OperationOutput(output={"deleted": server_id})
+
+
+def remove_server(
+    context: RunContext, provider_name: str, server_id: str, operation_id: str
+) -> None:
+    """Delete and wait until gone; shared by ``server.delete``, rollback and destroy."""
+    provider = context.provider(provider_name)
+    provider.delete_server(server_id)
+    provider.wait_for(server_id, ServerState.deleted)
+    with suppress(ResourceNotFound):  # a server this journal never owned (a foreign delete)
+        context.journal.set_resource_state(provider_name, server_id, "deleted")
+    emit(
+        ResourceDeleted(
+            workflow_id=context.workflow_id,
+            flow_run_id=context.flow_run_id,
+            provider=provider_name,
+            resource_id=server_id,
+            operation_id=operation_id,
+        )
+    )
