@@ -21,9 +21,10 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.common import open_journal, workflow_config
 from flows.unwind import unwind
 from providers.registry import load_workflow
-from provisioning.config import Config, Layer, load_config
+from provisioning.config import Config
 from provisioning.envelope import (
     ErrorInfo,
     OperationResult,
@@ -40,12 +41,6 @@ from provisioning.spec import Workflow
 from tasks.context import RunContext, bind
 from tasks.operation import operation_task, record_success
 from tasks.outcome import OperationOutput
-
-
-def workflow_config(workflow: Workflow, overrides: Iterable[str] = ()) -> Config:
-    """Layered configuration with the workflow's own ``configuration`` above the files."""
-    layer = Layer(f"workflow {workflow.workflow_id}", workflow.configuration.overrides())
-    return load_config(overrides=overrides, extra_layers=[layer])
 
 
 def _flow_run_name() -> str:
@@ -271,7 +266,7 @@ def run_workflow_flow(spec: dict[str, Any], overrides: list[str] | None = None) 
     """Run (or, for a known workflow id, resume) a workflow spec."""
     workflow = load_workflow(spec)
     config = workflow_config(workflow, overrides or [])
-    journal = Journal(str(config.get("journal.url")))
+    journal = open_journal(config)
     with journal.lock(workflow.workflow_id):
         result = execute(workflow, config, journal, current_flow_run.id)
     return as_state(result)  # type: ignore[return-value]

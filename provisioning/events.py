@@ -243,7 +243,8 @@ class RollbackExecuted(OperationEvent):
 
 # --------------------------------------------------------------------------- the in-process bus
 
-#: What a subscriber wants: one kind (``"workflow.started"``) or model, several, or all (None).
+#: What a subscriber wants: a kind (``"workflow.started"``), a model (``OperationEvent`` = every
+#: ``operation.*`` kind), several of these, or None for all.
 KindFilter = str | type[SystemEvent] | Iterable[str | type[SystemEvent]] | None
 
 Callback = Callable[[SystemEvent], None]
@@ -252,16 +253,22 @@ DEFAULT_MAXSIZE = 1000
 
 
 def _kind_set(kinds: KindFilter) -> frozenset[str] | None:
+    """Kind names wanted; a model class stands for itself and every kind derived from it."""
     if kinds is None:
         return None
     items: Iterable[str | type[SystemEvent]] = [kinds] if isinstance(kinds, str | type) else kinds
-    names = frozenset(item if isinstance(item, str) else item.kind for item in items)
+    names: set[str] = set()
+    for item in items:
+        if isinstance(item, str):
+            names.add(item)
+        else:
+            names.update(kind for kind, model in _kinds.items() if issubclass(model, item))
     unknown = sorted(names - _kinds.keys())
     if unknown:
         raise ValueError(
             f"unknown event kind(s) {', '.join(unknown)} (known: {', '.join(sorted(_kinds))})"
         )
-    return names
+    return frozenset(names)
 
 
 class _Mailbox:

@@ -354,7 +354,6 @@ def _create_engine(url: URL, busy_timeout: float) -> Engine:
         # Let us issue BEGIN ourselves (below) instead of pysqlite's implicit deferred BEGIN.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         if not memory:
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -565,16 +564,16 @@ class Journal:
 
     def new_generation(self, workflow_id: str) -> int:
         """Start a new generation (after a rollback) and return its number."""
+        where = _workflows.c.workflow_id == workflow_id
         with self._write() as conn:
-            generation = conn.execute(
+            updated = conn.execute(
                 sa.update(_workflows)
-                .where(_workflows.c.workflow_id == workflow_id)
+                .where(where)
                 .values(generation=_workflows.c.generation + 1, updated_at=_now())
-                .returning(_workflows.c.generation)
-            ).scalar_one_or_none()
-        if generation is None:
-            raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
-        return int(generation)
+            ).rowcount
+            if not updated:
+                raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
+            return int(conn.execute(sa.select(_workflows.c.generation).where(where)).scalar_one())
 
     # ------------------------------------------------------------------------------ operations
 
@@ -629,15 +628,13 @@ class Journal:
         _check(status, OperationStatus, "operation status")
         finished = _now() if status in _FINISHED_OPERATION else None
         values = {"status": status, "result": result, "error": _error_json(error)}
+        where = (_operations.c.workflow_id == workflow_id) & (
+            _operations.c.operation_id == operation_id
+        )
         with self._write() as conn:
             self._lock_workflow(conn, workflow_id)
             updated = conn.execute(
-                sa.update(_operations)
-                .where(
-                    (_operations.c.workflow_id == workflow_id)
-                    & (_operations.c.operation_id == operation_id)
-                )
-                .values(finished_at=finished, **values)
+                sa.update(_operations).where(where).values(finished_at=finished, **values)
             ).rowcount
             if not updated:
                 if kind is None:
@@ -660,9 +657,8 @@ class Journal:
                         **values,
                     )
                 )
-        record = self.get_operation(workflow_id, operation_id)
-        assert record is not None  # written just above; operations are never deleted
-        return record
+            row = conn.execute(sa.select(_operations).where(where)).one()
+        return OperationRecord.model_validate(row._asdict())
 
     def get_operation(self, workflow_id: str, operation_id: str) -> OperationRecord | None:
         with self._read() as conn:
@@ -826,31 +822,33 @@ class Journal:
         """
         if "type" not in action:
             raise ValueError(f"rollback action for {operation_id!r} has no 'type': {dict(action)}")
+        pending = (
+            sa.select(_rollback.c.id)
+            .where(
+                (_rollback.c.workflow_id == workflow_id)
+                & (_rollback.c.operation_id == operation_id)
+                & (_rollback.c.status == "pending")
+            )
+            .order_by(_rollback.c.id)
+            .limit(1)
+        )
         with self._write() as conn:
             self._lock_workflow(conn, workflow_id)
-            existing = conn.execute(
-                sa.select(_rollback.c.id).where(
-                    (_rollback.c.workflow_id == workflow_id)
-                    & (_rollback.c.operation_id == operation_id)
-                    & (_rollback.c.status == "pending")
+            existing = conn.execute(pending).scalar()
+            if existing is None:
+                conn.execute(
+                    sa.insert(_rollback).values(
+                        workflow_id=workflow_id,
+                        operation_id=operation_id,
+                        action=dict(action),
+                        status="pending",
+                        error=None,
+                        pushed_at=_now(),
+                        done_at=None,
+                    )
                 )
-            ).scalar()
-            if existing is not None:
-                return int(existing)
-            entry_id = conn.execute(
-                sa.insert(_rollback)
-                .values(
-                    workflow_id=workflow_id,
-                    operation_id=operation_id,
-                    action=dict(action),
-                    status="pending",
-                    error=None,
-                    pushed_at=_now(),
-                    done_at=None,
-                )
-                .returning(_rollback.c.id)
-            ).scalar_one()
-        return int(entry_id)
+                existing = conn.execute(pending).scalar_one()
+        return int(existing)
 
     def rollback_stack(
         self, workflow_id: str, status: RollbackStatus | None = "pending"
@@ -874,12 +872,12 @@ class Journal:
         _check(status, RollbackStatus, "rollback status")
         done_at = None if status == "pending" else _now()
         with self._write() as conn:
-            row = conn.execute(
+            conn.execute(
                 sa.update(_rollback)
                 .where(_rollback.c.id == entry_id)
                 .values(status=status, error=_error_json(error), done_at=done_at)
-                .returning(*_rollback.c)
-            ).first()
+            )
+            row = conn.execute(sa.select(_rollback).where(_rollback.c.id == entry_id)).first()
         if row is None:
             raise ProvisioningError(
                 f"no rollback entry {entry_id} in the journal", code="ROLLBACK_ENTRY_NOT_FOUND"

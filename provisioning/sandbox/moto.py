@@ -61,7 +61,7 @@ class FaultRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    count: int = Field(ge=1, le=100_000)
+    count: int = Field(ge=0, le=100_000)
     kind: FaultKind
 
 
@@ -278,6 +278,7 @@ class MotoSandbox:
         self._server = None
         self._thread = None
         self._warm_up_client = None
+        self._endpoint_url = None
 
     def reset(self) -> None:
         """Forget every resource, pending fault and the request count; warm up again."""

@@ -16,8 +16,9 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 
-from providers.aws import CAPACITY_MAX_ATTEMPTS, AWSProvider, client_token
+from providers.aws import CAPACITY_MAX_ATTEMPTS, AWSProvider, client_token, translate_error
 from providers.base import (
     PermanentProviderError,
     ResourceNotFound,
@@ -275,3 +276,41 @@ def test_sandbox_runs_in_another_process(aws_config: dict[str, Any]) -> None:
         finally:
             child.terminate()
         assert child.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("AuthFailure", 401, PermanentProviderError),
+        ("UnauthorizedOperation", 403, PermanentProviderError),
+        ("InvalidParameterCombination", 400, PermanentProviderError),
+        ("VcpuLimitExceeded", 400, PermanentProviderError),
+        ("InstanceLimitExceeded", 400, PermanentProviderError),
+        ("Throttling", 400, TransientProviderError),
+        ("InternalError", 500, TransientProviderError),
+        ("SomethingNew", 502, TransientProviderError),
+    ],
+)
+def test_error_codes_ec2_sends_but_moto_cannot_are_classified(
+    code: str, status: int, expected: type[Exception]
+) -> None:
+    response: Any = {
+        "Error": {"Code": code, "Message": "as EC2\nsays it"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    error = translate_error(ClientError(response, "RunInstances"), "RunInstances")
+    assert type(error) is expected
+    assert error.message == f"{code}: as EC2 says it"
+    assert error.context["provider"] == "aws"
+
+
+def test_an_endpoint_that_never_answers_is_a_transient_timeout(aws_config: dict[str, Any]) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        provider = AWSProvider(
+            {**aws_config, "endpoint_url": f"http://127.0.0.1:{port}", "timeout": 0.3}
+        )
+        with pytest.raises(TransientProviderError, match="ReadTimeoutError"):
+            provider.list_servers()

@@ -17,6 +17,7 @@ from provisioning.events import (
     ConfigurationChanged,
     EventBus,
     OperationCompleted,
+    OperationEvent,
     OperationRetried,
     ResourceCreated,
     ResourceDeleted,
@@ -91,6 +92,20 @@ def test_kind_filters_accept_names_models_and_several_kinds(bus: EventBus) -> No
     assert by_name.events == [create]
     assert by_model.events == [start]
     assert by_both.events == [start, create]
+
+
+def test_a_base_model_stands_for_every_kind_derived_from_it(bus: EventBus) -> None:
+    recorder = Recorder()
+    subscription = bus.subscribe(OperationEvent, recorder)
+    retried = OperationRetried(
+        workflow_id="wf-1", operation_id="db", attempt=2, delay_s=1.0, error="throttled"
+    )
+    bus.publish(started())
+    bus.publish(retried)
+    bus.publish(created())
+
+    assert subscription.flush()
+    assert recorder.events == [retried]
 
 
 def test_a_subscriber_can_follow_one_workflow(bus: EventBus) -> None:

@@ -467,27 +467,14 @@ def test_lock_is_exclusive_and_released_even_on_error(journal: Journal, url: str
         assert again.owner != "me"
 
 
-def test_lock_held_by_a_live_process_is_refused_until_released(journal: Journal, url: str) -> None:
-    journal.upsert_workflow("wf", "n", {})
-    child = start_child("hold", url, "wf", 30)
-    try:
-        with pytest.raises(WorkflowLocked, match=f"pid {child.pid} on "), journal.lock("wf"):
-            pass
-        assert child.stdin is not None
-        child.stdin.close()
-        assert child.wait(timeout=5) == 0
-    finally:
-        stop_child(child)
-    with journal.lock("wf") as held:
-        assert held.pid != child.pid
-
-
-def test_lock_of_a_killed_process_is_taken_over_and_its_writes_survive(
+def test_lock_of_a_live_process_is_refused_and_taken_over_once_it_is_killed(
     journal: Journal, url: str
 ) -> None:
     journal.upsert_workflow("wf", "n", {})
     child = start_child("hold", url, "wf", 30)
     try:
+        with pytest.raises(WorkflowLocked, match=f"pid {child.pid} on "), journal.lock("wf"):
+            pass
         child.send_signal(signal.SIGKILL)
         # Not reaped yet: a zombie still answers kill(pid, 0) but must count as dead.
         deadline = time.monotonic() + 5
@@ -512,8 +499,8 @@ def test_heartbeat_keeps_a_long_held_lock_alive(url: str) -> None:
 
 def test_lock_of_a_hung_process_is_taken_over_after_stale_after(journal: Journal, url: str) -> None:
     journal.upsert_workflow("wf", "n", {})
-    quick = Journal(url, stale_after=0.5)
-    child = start_child("hold", url, "wf", 0.5)
+    quick = Journal(url, stale_after=0.4)
+    child = start_child("hold", url, "wf", 0.4)
     try:
         with pytest.raises(WorkflowLocked), quick.lock("wf"):
             pass
@@ -562,7 +549,7 @@ def test_sixteen_threads_and_another_process_write_without_errors(
 
     def work(n: int) -> None:
         mine = journal if n % 2 else other
-        for i in range(5):
+        for i in range(3):
             op = f"t{n}-{i}"
             mine.record_intent("wf", op, kind="server.create", provider="aws", key=op)
             mine.record_resource("wf", op, provider="aws", resource_id=op, key=op)
@@ -577,8 +564,8 @@ def test_sixteen_threads_and_another_process_write_without_errors(
     finally:
         stop_child(writer)
 
-    assert len(journal.operations("wf")) == 80
-    assert len(journal.rollback_stack("wf")) == 80
+    assert len(journal.operations("wf")) == 48
+    assert len(journal.rollback_stack("wf")) == 48
     assert {op.status for op in journal.operations("wf")} == {"succeeded"}
     assert integrity(url) == "ok"
     # Each of the killed writer's calls committed whole or not at all.

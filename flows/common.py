@@ -1,0 +1,32 @@
+"""What every flow needs to reopen a workflow the journal knows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from providers.registry import load_workflow
+from provisioning.config import Config, Layer, load_config
+from provisioning.errors import WorkflowNotFound
+from provisioning.journal import Journal
+from provisioning.spec import Workflow
+
+
+def open_journal(config: Config) -> Journal:
+    return Journal(str(config.get("journal.url")))
+
+
+def workflow_config(workflow: Workflow, overrides: Iterable[str] = ()) -> Config:
+    """Layered configuration with the workflow's own ``configuration`` above the files."""
+    layer = Layer(f"workflow {workflow.workflow_id}", workflow.configuration.overrides())
+    return load_config(overrides=overrides, extra_layers=[layer])
+
+
+def reopen(workflow_id: str, overrides: Iterable[str] = ()) -> tuple[Workflow, Config, Journal]:
+    """The stored spec of ``workflow_id``, its configuration and the journal holding it."""
+    overrides = list(overrides)
+    journal = open_journal(load_config(overrides=overrides))
+    record = journal.get_workflow(workflow_id)
+    if record is None:
+        raise WorkflowNotFound(f"no workflow '{workflow_id}' in the journal {journal.url}")
+    workflow = load_workflow(record.spec)
+    return workflow, workflow_config(workflow, overrides), journal
