@@ -7,8 +7,17 @@ from collections.abc import Iterable
 from providers.registry import load_workflow
 from provisioning.config import Config, Layer, load_config
 from provisioning.errors import WorkflowNotFound
+from provisioning.extensions import activate_configured
 from provisioning.journal import Journal
 from provisioning.spec import Workflow
+
+
+def base_config(overrides: Iterable[str] = ()) -> Config:
+    """The configuration from files and overrides, with the configured extensions activated
+    (an extension's provider must be known before a spec naming it is validated)."""
+    config = load_config(overrides=overrides)
+    activate_configured(config)
+    return config
 
 
 def open_journal(config: Config) -> Journal:
@@ -24,7 +33,7 @@ def workflow_config(workflow: Workflow, overrides: Iterable[str] = ()) -> Config
 def reopen(workflow_id: str, overrides: Iterable[str] = ()) -> tuple[Workflow, Config, Journal]:
     """The stored spec of ``workflow_id``, its configuration and the journal holding it."""
     overrides = list(overrides)
-    journal = open_journal(load_config(overrides=overrides))
+    journal = open_journal(base_config(overrides))
     record = journal.get_workflow(workflow_id)
     if record is None:
         raise WorkflowNotFound(f"no workflow '{workflow_id}' in the journal {journal.url}")

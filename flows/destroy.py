@@ -15,6 +15,7 @@ from flows.rollback import RollbackReport
 from provisioning.envelope import RollbackStep
 from provisioning.events import WorkflowCompleted, emit
 from provisioning.graph import WorkflowGraph
+from provisioning.journal import WorkflowStatus
 from provisioning.rollback import DeleteResource
 from tasks.context import RunContext, bind
 from tasks.undo import undo_action
@@ -59,7 +60,7 @@ def destroy_workflow_flow(workflow_id: str, overrides: list[str] | None = None) 
             ):
                 journal.mark_rollback(entry.id, "done")
         report = RollbackReport(workflow_id=workflow_id, adopted=adopted, steps=steps)
-        status = "destroyed" if report.ok else "failed"
+        status: WorkflowStatus = "destroyed" if report.ok else "failed"
         journal.set_workflow_status(workflow_id, status, flow_run_id=current_flow_run.id)
         journal.new_generation(workflow_id)
     emit(

@@ -11,6 +11,7 @@ from flows.recovery import adopt_in_flight
 from flows.unwind import unwind
 from provisioning.envelope import RollbackStep
 from provisioning.events import WorkflowCompleted, emit
+from provisioning.journal import WorkflowStatus
 from tasks.context import RunContext, bind
 
 
@@ -35,7 +36,7 @@ def rollback_workflow_flow(workflow_id: str, overrides: list[str] | None = None)
             adopted = adopt_in_flight(context, workflow)
             steps = unwind(context)
         report = RollbackReport(workflow_id=workflow_id, adopted=adopted, steps=steps)
-        status = "rolled_back" if report.ok else "failed"
+        status: WorkflowStatus = "rolled_back" if report.ok else "failed"
         journal.set_workflow_status(workflow_id, status, flow_run_id=current_flow_run.id)
         journal.new_generation(workflow_id)
     emit(

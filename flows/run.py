@@ -12,16 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import open_journal, workflow_config
+from flows.common import base_config, open_journal, workflow_config
 from flows.unwind import unwind
 from providers.registry import load_workflow
 from provisioning.config import Config
@@ -36,7 +37,7 @@ from provisioning.envelope import (
 from provisioning.errors import ProvisioningError
 from provisioning.events import WorkflowCompleted, WorkflowFailed, WorkflowStarted, emit
 from provisioning.graph import WorkflowGraph
-from provisioning.journal import Journal
+from provisioning.journal import Journal, WorkflowStatus
 from provisioning.spec import Workflow
 from tasks.context import RunContext, bind
 from tasks.operation import operation_task, record_success
@@ -133,7 +134,8 @@ def execute(
     result_storage = config.state_dir / "results"
     result_storage.mkdir(parents=True, exist_ok=True)
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
-    with bind(context), ThreadPoolTaskRunner(max_workers=parallelism) as runner:
+    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=parallelism)
+    with bind(context), runner:
         for operation_id in graph.order:
             operation = workflow.operation(operation_id)
             task = operation_task(
@@ -188,30 +190,28 @@ def _finish(
         for resource in result.resources
     ]
     error: ErrorInfo | None = None
-    if not failed:
-        status, journal_status, step = "success", "succeeded", "completed"
-    else:
+    status: Literal["success", "error", "partial"] = "success"
+    journal_status: WorkflowStatus = "succeeded"
+    step = "completed"
+    if failed:
         first = failed[0].error or ErrorInfo(code="OPERATION_FAILED", message="failed")
-        undone = sum(1 for s in rollback or [] if s.status == "done")
-        stuck = sum(1 for s in rollback or [] if s.status == "failed")
         summary = f"{len(failed)} operation(s) failed; first: {failed[0].id}: {first.message}"
+        stuck = [step for step in rollback or [] if step.status == "failed"]
         if rollback is not None:
-            summary += f"; rolled back {undone}" + (
-                f", {stuck} could not be undone" if stuck else ""
-            )
+            undone = len(rollback) - len(stuck)
+            summary += f"; rolled back {undone}"
+            summary += f", {len(stuck)} could not be undone" if stuck else ""
+            journal.new_generation(workflow.workflow_id)
         error = ErrorInfo(
             code="WORKFLOW_FAILED", message=summary, details={"first": first.model_dump()}
         )
         kept = any(result.status == "succeeded" for result in results)
         status = "partial" if kept and rollback is None else "error"
-        journal_status = (
-            "rolled_back"
-            if rollback is not None and not stuck
-            else ("partial" if status == "partial" else "failed")
-        )
+        if rollback is not None and not stuck:
+            journal_status = "rolled_back"
+        else:
+            journal_status = "partial" if status == "partial" else "failed"
         step = f"failed at {failed[0].id}"
-        if rollback is not None:
-            journal.new_generation(workflow.workflow_id)
     journal.set_workflow_status(
         workflow.workflow_id,
         journal_status,
@@ -246,7 +246,7 @@ def _finish(
             )
         )
     return WorkflowResult(
-        status=status,  # type: ignore[arg-type]
+        status=status,
         result=outcome,
         error=error,
         context=ResultContext(workflow_id=workflow.workflow_id, step=step, flow_run_id=flow_run_id),
@@ -264,6 +264,7 @@ def as_state(result: WorkflowResult) -> State[WorkflowResult]:
 @flow(name="run-workflow", flow_run_name=_flow_run_name, persist_result=False, log_prints=False)
 def run_workflow_flow(spec: dict[str, Any], overrides: list[str] | None = None) -> WorkflowResult:
     """Run (or, for a known workflow id, resume) a workflow spec."""
+    base_config(overrides or [])
     workflow = load_workflow(spec)
     config = workflow_config(workflow, overrides or [])
     journal = open_journal(config)
@@ -292,6 +293,7 @@ def run_workflow(
 
     A bad spec raises :class:`provisioning.errors.WorkflowError` before any flow run starts.
     """
+    base_config(overrides)
     workflow = load_workflow(spec if not isinstance(spec, Mapping) else dict(spec))
     if parallelism is not None:
         workflow.configuration.parallelism = parallelism

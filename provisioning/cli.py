@@ -64,7 +64,12 @@ def reports_errors(command: F) -> F:
 
 
 def _config(overrides: list[str] | None = None) -> Config:
-    return load_config(overrides=overrides or [])
+    """The layered configuration, with the configured extensions activated."""
+    from provisioning.extensions import activate_configured
+
+    config = load_config(overrides=overrides or [])
+    activate_configured(config)
+    return config
 
 
 def _prefect(config: Config, *, require_standing: bool = False) -> None:
@@ -94,6 +99,7 @@ def plan(spec: Path, as_json: JsonOption = False) -> None:
     from provisioning.console import plan_table
     from provisioning.plan import make_plan
 
+    _config()
     planned = make_plan(load_workflow(spec))
     if as_json:
         _print_json(planned.model_dump(mode="json"))
@@ -118,8 +124,8 @@ def run(
     """Run a workflow as a Prefect flow, with live progress and a final table."""
     from providers.registry import load_workflow
 
-    workflow = load_workflow(spec)
     config = _config(set_)
+    workflow = load_workflow(spec)
     _prefect(config)
     from flows.run import run_workflow
     from provisioning.console import event_log, live_progress, print_result
@@ -382,6 +388,17 @@ def extensions_list(as_json: JsonOption = False) -> None:
             "; ".join(info.problems),
         )
     console.print(table)
+
+
+@app.command()
+@reports_errors
+def demo() -> None:
+    """Run the demo workflow on local stand-ins for AWS, UpCloud and Docker."""
+    config = _config()
+    _prefect(config)
+    from provisioning.demo import run_demo
+
+    raise typer.Exit(run_demo(console, config))
 
 
 def main() -> None:

@@ -131,7 +131,7 @@ class Metadata(BaseModel):
 
 
 class ApiEnvelope(BaseModel):
-    """Every REST response: ``status`` success | error | pending, ``data``, ``metadata``, ``error``."""
+    """The seed's envelope around every REST response."""
 
     status: Literal["success", "error", "pending"]
     data: Any = None

@@ -45,6 +45,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from provisioning.config import Config
 from provisioning.errors import ConfigurationError
 
 __all__ = [
@@ -540,3 +541,8 @@ def activate_all(paths: Iterable[Path | str]) -> list[ExtensionInfo]:
             continue
         activated.append(info)
     return activated
+
+
+def activate_configured(config: Config) -> list[ExtensionInfo]:
+    """Activate the extensions under the configured ``extensions.paths``."""
+    return activate_all(Path(str(path)) for path in config.get("extensions.paths", []))

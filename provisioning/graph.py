@@ -26,7 +26,9 @@ class WorkflowGraph:
         try:
             sorter.prepare()
         except CycleError as error:
-            cycle = list(error.args[1])
+            # graphlib lists each node before the one that waits for it; reversed, every arrow
+            # reads like the spec's ``[dependencies]``: ``web -> api`` = web waits for api.
+            cycle = list(reversed(error.args[1]))
             raise WorkflowError(
                 f"dependency cycle: {' -> '.join(cycle)}", code="WORKFLOW_CYCLE", cycle=cycle
             ) from None

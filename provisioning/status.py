@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -51,12 +52,12 @@ def prefect_task_states(flow_run_id: str) -> dict[str, str]:
 
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
         )
     states: dict[str, tuple[datetime, str]] = {}
     for task_run in task_runs:
         _, _, operation_id = task_run.name.partition(" ")
-        if task_run.state is None or not operation_id:
+        if task_run.state is None or task_run.state.name is None or not operation_id:
             continue
         stamp = task_run.state.timestamp
         if operation_id not in states or stamp > states[operation_id][0]:

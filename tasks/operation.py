@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
-from prefect.states import State
 from prefect.tasks import exponential_backoff
 from pydantic import TypeAdapter
 from sqlalchemy.exc import SQLAlchemyError
@@ -222,7 +221,7 @@ def operation_task(
         task_run_name=f"{VERBS[operation.kind]} {operation.id}",
         retries=tries,
         retry_delay_seconds=delays or 0,
-        retry_jitter_factor=jitter if delays else None,
+        retry_jitter_factor=jitter,
         retry_condition_fn=_retry_condition(workflow_id, operation.id, delays),
         on_completion=[_on_completion(workflow_id, operation.id, operation.kind)],
         on_failure=[_on_failure(workflow_id, operation.id, operation.kind)],

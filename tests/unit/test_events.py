@@ -463,3 +463,25 @@ def test_inside_a_flow_run_events_name_the_flow_run_and_emitting_is_cheap() -> N
     stored = _read_prefect_events([last.event_id])
     roles = {item.role: item.id for item in stored[last.event_id].related}
     assert roles["flow-run"] == f"prefect.flow-run.{flow_run_id}"
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_an_event_too_large_for_prefect_still_reaches_local_subscribers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefect.settings import get_current_settings
+
+    recorder = Recorder()
+    subscription = events.bus.subscribe(ConfigurationChanged, recorder, workflow_id="wf-big")
+    too_big = "x" * (get_current_settings().server.events.maximum_size_bytes + 1)
+    event = ConfigurationChanged(
+        workflow_id="wf-big", source="/etc/motd", key="content", old_value=None, new_value=too_big
+    )
+
+    with caplog.at_level(logging.WARNING, logger="provisioning.events"):
+        events.emit(event)
+
+    assert subscription.flush()
+    subscription.close()
+    assert recorder.events == [event]
+    assert "configuration.changed not sent to Prefect" in caplog.text
