@@ -195,7 +195,10 @@ def _finish(
     step = "completed"
     if failed:
         first = failed[0].error or ErrorInfo(code="OPERATION_FAILED", message="failed")
-        summary = f"{len(failed)} operation(s) failed; first: {failed[0].id}: {first.message}"
+        named = f"operation '{failed[0].id}'" in first.message
+        summary = f"{len(failed)} operation(s) failed; first: " + (
+            first.message if named else f"{failed[0].id}: {first.message}"
+        )
         stuck = [step for step in rollback or [] if step.status == "failed"]
         if rollback is not None:
             undone = len(rollback) - len(stuck)

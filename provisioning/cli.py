@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from provisioning import __version__
@@ -37,7 +39,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(servers_app, name="servers")
 app.add_typer(extensions_app, name="extensions")
 
-console = Console()
+# Piped or captured output has no terminal width; rich would then cut table cells at 80
+# columns, so such output gets a width that keeps paths and ids whole.
+_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
+console = Console(width=_PIPED_WIDTH)
 errors = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,17 +62,23 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ProvisioningError as error:
-            errors.print(f"[red]error[/red] {error.code}: {error}", highlight=False)
+            # Escaped: a path like ``[prod]/web.toml`` is text, not markup. Soft-wrapped: a
+            # message is never broken across lines when the output is piped or captured.
+            errors.print(
+                f"[red]error[/red] {error.code}: {escape(str(error))}",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _config(overrides: list[str] | None = None) -> Config:
+def _config(overrides: list[str] | None = None, env: str | None = None) -> Config:
     """The layered configuration, with the configured extensions activated."""
     from provisioning.extensions import activate_configured
 
-    config = load_config(overrides=overrides or [])
+    config = load_config(env=env, overrides=overrides or [])
     activate_configured(config)
     return config
 
@@ -247,9 +258,7 @@ def config_show(
     """The merged configuration, secrets masked."""
     from provisioning.secrets import mask_secrets
 
-    if env is not None:
-        os.environ["PROVISIONING_ENV"] = env
-    config = _config(set_)
+    config = _config(set_, env)
     if not sources:
         _print_json(config.masked())
         return

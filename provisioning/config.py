@@ -162,10 +162,18 @@ class _Interpolator:
         return node
 
     def resolve_string(self, text: str, dotted: str) -> Any:
-        whole = _PLACEHOLDER.fullmatch(text.strip())
-        if whole:  # a lone placeholder keeps the referenced value's type
-            return self.lookup(whole.group(1), dotted)
-        return _PLACEHOLDER.sub(lambda match: str(self.lookup(match.group(1), dotted)), text)
+        # The key being resolved joins the chain, so a cycle is reported from where it starts.
+        entering = not self.resolving or self.resolving[-1] != dotted
+        if entering:
+            self.resolving.append(dotted)
+        try:
+            whole = _PLACEHOLDER.fullmatch(text.strip())
+            if whole:  # a lone placeholder keeps the referenced value's type
+                return self.lookup(whole.group(1), dotted)
+            return _PLACEHOLDER.sub(lambda match: str(self.lookup(match.group(1), dotted)), text)
+        finally:
+            if entering:
+                self.resolving.pop()
 
     def lookup(self, name: str, dotted: str) -> Any:
         namespace, _, rest = name.partition(".")
@@ -229,7 +237,7 @@ class _Interpolator:
         if name in self.resolving:
             chain = " -> ".join([*self.resolving[self.resolving.index(name) :], name])
             raise ConfigurationError(
-                f"placeholder cycle: {chain}", code="CONFIG_CYCLE", field=dotted
+                f"placeholder cycle: {chain}", code="CONFIG_CYCLE", field=self.resolving[0]
             )
         node: Any = self.values
         for part in name.split("."):
@@ -281,3 +289,27 @@ def load_config(
     if overrides:
         layers.append(parse_assignments(overrides))
     return build_config(layers)
+
+
+def _leaves(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    leaves: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def changes(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """Settings that differ between two configurations: ``(dotted key, old, new)``, sorted.
+
+    A key only in one of them has ``None`` on the other side. Values are not masked here; the
+    event that carries them is (``provisioning.events.ConfigurationChanged``).
+    """
+    before, after = _leaves(old.values), _leaves(new.values)
+    return [
+        (key, before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
-import tempfile
+import uuid
 from pathlib import Path
 
 from provisioning.errors import OperationError
@@ -16,9 +16,16 @@ from tasks.outcome import OperationOutput
 
 
 def write_atomically(path: Path, data: bytes, mode: int | None) -> None:
-    """Replace ``path`` in one rename, so a crash leaves the old or the new file, never half."""
+    """Replace ``path`` in one rename, so a crash leaves the old or the new file, never half.
+
+    Without ``mode`` an existing file keeps its mode and a new one gets the umask's, as with a
+    plain write (``mkstemp`` would make every file private, 0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if mode is None and path.is_file():
+        mode = stat.S_IMODE(path.stat().st_mode)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -26,7 +33,7 @@ def write_atomically(path: Path, data: bytes, mode: int | None) -> None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

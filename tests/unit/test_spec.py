@@ -251,8 +251,7 @@ def test_a_dependency_on_an_unknown_operation_is_named() -> None:
     error = invalid(spec_with([command("a")], dependencies={"a": ["ghost"]}))
 
     assert str(error) == (
-        "web.toml: operation 'a': field 'dependencies.a': "
-        "depends on unknown operation id 'ghost'"
+        "web.toml: operation 'a': field 'dependencies.a': depends on unknown operation id 'ghost'"
     )
 
 
