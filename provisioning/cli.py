@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -39,11 +38,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(servers_app, name="servers")
 app.add_typer(extensions_app, name="extensions")
 
-# Piped or captured output has no terminal width; rich would then cut table cells at 80
-# columns, so such output gets a width that keeps paths and ids whole.
-_PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
-console = Console(width=_PIPED_WIDTH)
+console = Console()
 errors = Console(stderr=True)
+#: Piped output has no terminal width and rich would cut table cells at 80 columns.
+PIPED_WIDTH = 160
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -411,6 +409,8 @@ def demo() -> None:
 
 
 def main() -> None:
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
     app()
 
 
