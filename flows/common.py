@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from providers.registry import load_workflow
 from provisioning.config import Config, Layer, load_config
@@ -20,8 +22,12 @@ def base_config(overrides: Iterable[str] = ()) -> Config:
     return config
 
 
-def open_journal(config: Config) -> Journal:
-    return Journal(str(config.get("journal.url")))
+def without_heartbeat() -> AbstractContextManager[Any]:
+    """For flows called in-process: Prefect's heartbeat thread adds about 1 s to every run's end,
+    and a process that calls a flow directly sees its outcome without the server's help."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def workflow_config(workflow: Workflow, overrides: Iterable[str] = ()) -> Config:
@@ -33,7 +39,7 @@ def workflow_config(workflow: Workflow, overrides: Iterable[str] = ()) -> Config
 def reopen(workflow_id: str, overrides: Iterable[str] = ()) -> tuple[Workflow, Config, Journal]:
     """The stored spec of ``workflow_id``, its configuration and the journal holding it."""
     overrides = list(overrides)
-    journal = open_journal(base_config(overrides))
+    journal = Journal.from_config(base_config(overrides))
     record = journal.get_workflow(workflow_id)
     if record is None:
         raise WorkflowNotFound(f"no workflow '{workflow_id}' in the journal {journal.url}")

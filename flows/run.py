@@ -18,11 +18,11 @@ from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as current_flow_run
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import base_config, open_journal, workflow_config
+from flows.common import base_config, without_heartbeat, workflow_config
+from flows.recovery import adopt_in_flight
 from flows.unwind import unwind
 from providers.registry import load_workflow
 from provisioning.config import Config
@@ -165,6 +165,7 @@ def execute(
         failed = [result for result in results if result.status == "failed"]
         rollback: list[RollbackStep] | None = None
         if failed and on_failure == "rollback":
+            adopt_in_flight(context, workflow)  # servers whose create answer was lost
             rollback = unwind(context)
     return _finish(workflow, journal, flow_run_id, results, failed, rollback, began)
 
@@ -180,8 +181,9 @@ def _finish(
 ) -> WorkflowResult:
     duration = time.monotonic() - began
     if rollback is not None:
+        reverted = {step.operation_id for step in rollback if step.status == "done"}
         for result in results:
-            if any(step.operation_id == result.id and step.status == "done" for step in rollback):
+            if result.status == "succeeded" and result.id in reverted:
                 result.status = "rolled_back"
     resources = [
         resource
@@ -270,7 +272,7 @@ def run_workflow_flow(spec: dict[str, Any], overrides: list[str] | None = None) 
     base_config(overrides or [])
     workflow = load_workflow(spec)
     config = workflow_config(workflow, overrides or [])
-    journal = open_journal(config)
+    journal = Journal.from_config(config)
     with journal.lock(workflow.workflow_id):
         result = execute(workflow, config, journal, current_flow_run.id)
     return as_state(result)  # type: ignore[return-value]
@@ -278,7 +280,9 @@ def run_workflow_flow(spec: dict[str, Any], overrides: list[str] | None = None) 
 
 def state_result(state: State[Any]) -> WorkflowResult:
     """The :class:`WorkflowResult` a run flow ended with, or the error that stopped it early."""
-    value = state.result(raise_on_failure=False)
+    # _sync: in a notebook the kernel's event loop is running, and Prefect would otherwise hand
+    # back a coroutine instead of the result.
+    value = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
     if isinstance(value, WorkflowResult):
         return value
     if isinstance(value, ProvisioningError):
@@ -300,7 +304,7 @@ def run_workflow(
     workflow = load_workflow(spec if not isinstance(spec, Mapping) else dict(spec))
     if parallelism is not None:
         workflow.configuration.parallelism = parallelism
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with without_heartbeat():
         state = run_workflow_flow(
             workflow.model_dump(mode="json", exclude_defaults=False),
             list(overrides),

@@ -238,7 +238,7 @@ def checkpoint(workflow_id: str) -> None:
     """The workflow's checkpoint in the seed's JSON shape."""
     from provisioning.journal import Journal
 
-    journal = Journal(str(_config().get("journal.url")))
+    journal = Journal.from_config(_config())
     _print_json(journal.checkpoint(workflow_id).model_dump(mode="json"))
 
 

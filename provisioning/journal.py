@@ -41,6 +41,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from provisioning.config import Config
 from provisioning.errors import (
     ConfigurationError,
     ProvisioningError,
@@ -425,6 +426,14 @@ class Journal:
         """The default journal: ``journal.db`` in the state directory (created if missing)."""
         database = Path(path).expanduser().resolve() / "journal.db"
         return cls(URL.create("sqlite", database=str(database)), **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Journal:
+        """The journal the configuration names (``[journal] url`` and ``lock_stale_after``)."""
+        return cls(
+            str(config.get("journal.url")),
+            stale_after=float(config.get("journal.lock_stale_after", 30)),
+        )
 
     def close(self) -> None:
         """Release the database connections (the journal is unusable afterwards)."""

@@ -78,7 +78,7 @@ def _row(record: OperationRecord, prefect: dict[str, str]) -> OperationStatusRow
 
 
 def read_status(config: Config, workflow_id: str, *, with_prefect: bool) -> StatusReport:
-    journal = Journal(str(config.get("journal.url")))
+    journal = Journal.from_config(config)
     record = journal.get_workflow(workflow_id)
     if record is None:
         raise WorkflowNotFound(f"no workflow '{workflow_id}' in the journal {journal.url}")

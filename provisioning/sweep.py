@@ -34,7 +34,7 @@ def find_orphans(
 ) -> SweepReport:
     from providers.registry import get_provider, provider_names
 
-    journal = Journal(str(config.get("journal.url")))
+    journal = Journal.from_config(config)
     report = SweepReport()
     for name in providers or provider_names():
         try:

@@ -1,9 +1,10 @@
 """``server.create`` / ``server.delete`` on any provider, crash-safe by idempotency key.
 
-Create records its intent in the journal before calling the provider and the server id right
-after the provider answers, before waiting for it to run. Whatever instant a process dies at,
-the next attempt (a retry, or ``provision resume``) finds the server by its key instead of making
-a second one: the driver's ``create_server`` looks the key up first, and the journal keeps the id.
+Create records its intent in the journal before calling the provider, and the server id and its
+undo action right after the provider answers, before waiting for it to run. Whatever instant a
+process dies at, the next attempt (a retry, or ``provision resume``) finds the server by its key
+instead of making a second one: the driver's ``create_server`` looks the key up first, and the
+journal keeps the id. Whatever attempt fails last, the rollback stack already holds the delete.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
         key=key,
         state="creating",
     )
+    undo = DeleteResource(provider=operation.provider, resource_id=server.id, key=key)
+    # Stacked as soon as the server exists, not only by the completion hook: should the wait
+    # below fail for good, the failed operation's server is still undone by the run's rollback.
+    # The hook pushes the same action again, which the journal ignores while this one is pending.
+    context.journal.push_rollback(context.workflow_id, operation.id, undo.model_dump(mode="json"))
     server = provider.wait_for(server.id, ServerState.running)
     context.journal.set_resource_state(operation.provider, server.id, "present")
     emit(
@@ -58,7 +64,7 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
     return OperationOutput(
         output={"server": server.model_dump(mode="json", exclude={"raw"})},
         resources=[resource],
-        rollback=DeleteResource(provider=operation.provider, resource_id=server.id, key=key),
+        rollback=undo,
     )
 
 

@@ -416,7 +416,8 @@ def test_run_of_a_failing_workflow_exits_1(runs: Runs) -> None:
     assert rows["prepare"][2] == "succeeded"
     assert rows["broken"][2] == "failed"
     assert "command exited with status 1" in rows["broken"][5]
-    assert "error WORKFLOW_FAILED: 1 operation(s) failed; first: operation 'broken'" in runs.ko.stdout
+    expected = "error WORKFLOW_FAILED: 1 operation(s) failed; first: operation 'broken'"
+    assert expected in runs.ko.stdout
     assert "Traceback" not in runs.ko.stdout + runs.ko.stderr
 
 

@@ -31,11 +31,18 @@ def test_a_workflow_creates_and_destroys_process_servers(
         "workflow_id": workflow_id,
         "name": "process-stack",
         "operations": [
-            {"id": "worker", "kind": "server.create", "provider": "process",
-             "params": {"name": "worker-1", "extra": {"command": ["sleep", "300"]}}},
-            {"id": "marker", "kind": "file.write",
-             "params": {"path": "marker.txt", "content": "worker up"}},
-        ],  # fmt: skip
+            {
+                "id": "worker",
+                "kind": "server.create",
+                "provider": "process",
+                "params": {"name": "worker-1", "extra": {"command": ["sleep", "300"]}},
+            },
+            {
+                "id": "marker",
+                "kind": "file.write",
+                "params": {"path": "marker.txt", "content": "worker up"},
+            },
+        ],
         "dependencies": {"marker": ["worker"]},
     }
     result = run_workflow(spec, overrides=overrides)

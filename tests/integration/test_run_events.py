@@ -66,11 +66,17 @@ def _spec(operations: list[dict[str, Any]], dependencies: dict[str, list[str]]) 
 def test_successful_run_events_in_order_on_the_bus_and_in_prefect(tmp_path: Path) -> None:
     spec = _spec(
         [
-            {"id": "note", "kind": "file.write",
-             "params": {"path": str(tmp_path / "note.txt"), "content": "hi"}},
-            {"id": "flag", "kind": "config.set",
-             "params": {"file": str(tmp_path / "c.toml"), "key": "a.b", "value": 1}},
-        ],  # fmt: skip
+            {
+                "id": "note",
+                "kind": "file.write",
+                "params": {"path": str(tmp_path / "note.txt"), "content": "hi"},
+            },
+            {
+                "id": "flag",
+                "kind": "config.set",
+                "params": {"file": str(tmp_path / "c.toml"), "key": "a.b", "value": 1},
+            },
+        ],
         {"flag": ["note"]},
     )
     result, events = _run_collecting(spec)
@@ -82,7 +88,7 @@ def test_successful_run_events_in_order_on_the_bus_and_in_prefect(tmp_path: Path
     assert _kinds(events, "flag") == ["operation.started", "operation.completed"]
     assert "configuration.changed" in kinds
     note_done = kinds.index("operation.completed")
-    flag_started = [i for i, e in enumerate(events) if getattr(e, "operation_id", "") == "flag"][0]
+    flag_started = next(i for i, e in enumerate(events) if getattr(e, "operation_id", "") == "flag")
     assert note_done < flag_started  # the dependency shows in the stream
     stored = _stored_in_prefect(events)
     assert stored == {event.event_id: event.prefect_event_name for event in events}
@@ -118,12 +124,18 @@ def test_retried_run_emits_operation_retried_then_completes(tmp_path: Path) -> N
 def test_rolled_back_run_emits_rollback_executed_in_reverse_order(tmp_path: Path) -> None:
     spec = _spec(
         [
-            {"id": "first", "kind": "file.write",
-             "params": {"path": str(tmp_path / "1.txt"), "content": "1"}},
-            {"id": "second", "kind": "file.write",
-             "params": {"path": str(tmp_path / "2.txt"), "content": "2"}},
+            {
+                "id": "first",
+                "kind": "file.write",
+                "params": {"path": str(tmp_path / "1.txt"), "content": "1"},
+            },
+            {
+                "id": "second",
+                "kind": "file.write",
+                "params": {"path": str(tmp_path / "2.txt"), "content": "2"},
+            },
             {"id": "boom", "kind": "command.run", "params": {"argv": ["false"]}},
-        ],  # fmt: skip
+        ],
         {"second": ["first"], "boom": ["second"]},
     )
     result, events = _run_collecting(spec)
