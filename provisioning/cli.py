@@ -159,11 +159,14 @@ def run(
 def resume(workflow_id: str, set_: SetOption = None, as_json: JsonOption = False) -> None:
     """Finish a workflow after a crash; nothing already created is created again."""
     _prefect(_config(set_))
+    from flows.common import without_heartbeat
     from flows.resume import resume_workflow_flow
     from flows.run import state_result
     from provisioning.console import print_result
 
-    result = state_result(resume_workflow_flow(workflow_id, set_ or [], return_state=True))
+    with without_heartbeat():
+        state = resume_workflow_flow(workflow_id, set_ or [], return_state=True)
+    result = state_result(state)
     if as_json:
         _print_json(result.model_dump(mode="json"))
     else:
@@ -173,12 +176,14 @@ def resume(workflow_id: str, set_: SetOption = None, as_json: JsonOption = False
 
 def _undo(kind: str, workflow_id: str, set_: list[str] | None, as_json: bool) -> None:
     _prefect(_config(set_))
+    from flows.common import without_heartbeat
     from flows.destroy import destroy_workflow_flow
     from flows.rollback import rollback_workflow_flow
     from provisioning.console import styled
 
     chosen = rollback_workflow_flow if kind == "rollback" else destroy_workflow_flow
-    report = chosen(workflow_id, set_ or [])
+    with without_heartbeat():
+        report = chosen(workflow_id, set_ or [])
     if as_json:
         _print_json(report.model_dump(mode="json"))
     else:
