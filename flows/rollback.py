@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import flow
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import BaseModel
@@ -12,6 +14,7 @@ from flows.unwind import unwind
 from provisioning.envelope import RollbackStep
 from provisioning.events import WorkflowCompleted, emit
 from provisioning.journal import WorkflowStatus
+from provisioning.spec import Workflow
 from tasks.context import RunContext, bind
 
 
@@ -25,23 +28,38 @@ class RollbackReport(BaseModel):
         return all(step.status == "done" for step in self.steps)
 
 
-@flow(name="rollback-workflow", flow_run_name="rollback {workflow_id}", persist_result=False)
-def rollback_workflow_flow(workflow_id: str, overrides: list[str] | None = None) -> RollbackReport:
-    workflow, config, journal = reopen(workflow_id, overrides or [])
+Undo = Callable[[RunContext, Workflow], list[RollbackStep]]
+
+
+def undo_workflow(
+    workflow_id: str, overrides: list[str], done: WorkflowStatus, body: Undo
+) -> RollbackReport:
+    """The frame rollback and destroy share: reopen the workflow, take its lock, adopt what a
+    killed run left in flight, undo, then record the outcome and start a new generation (so a
+    later run creates things again instead of reusing results of undone operations)."""
+    workflow, config, journal = reopen(workflow_id, overrides)
+    flow_run_id = current_flow_run.id
     with journal.lock(workflow_id):
         context = RunContext(
-            workflow_id=workflow_id, config=config, journal=journal, flow_run_id=current_flow_run.id
+            workflow_id=workflow_id, config=config, journal=journal, flow_run_id=flow_run_id
         )
         with bind(context):
             adopted = adopt_in_flight(context, workflow)
-            steps = unwind(context)
+            steps = body(context, workflow)
         report = RollbackReport(workflow_id=workflow_id, adopted=adopted, steps=steps)
-        status: WorkflowStatus = "rolled_back" if report.ok else "failed"
-        journal.set_workflow_status(workflow_id, status, flow_run_id=current_flow_run.id)
+        status: WorkflowStatus = done if report.ok else "failed"
+        journal.set_workflow_status(workflow_id, status, flow_run_id=flow_run_id)
         journal.new_generation(workflow_id)
     emit(
         WorkflowCompleted(
-            workflow_id=workflow_id, flow_run_id=current_flow_run.id, status=status, duration_s=0
+            workflow_id=workflow_id, flow_run_id=flow_run_id, status=status, duration_s=0
         )
     )
     return report
+
+
+@flow(name="rollback-workflow", flow_run_name="rollback {workflow_id}", persist_result=False)
+def rollback_workflow_flow(workflow_id: str, overrides: list[str] | None = None) -> RollbackReport:
+    return undo_workflow(
+        workflow_id, overrides or [], "rolled_back", lambda context, _: unwind(context)
+    )
