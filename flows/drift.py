@@ -9,7 +9,7 @@ page someone on it) and returns a report. It only reports: repairing is ``resume
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from prefect import Task, flow, task
 from prefect.client.schemas.objects import State, TaskRun
@@ -20,20 +20,8 @@ from providers.base import ServerState
 from providers.registry import get_provider
 from provisioning.config import load_config
 from provisioning.errors import ProviderError, is_transient
-from provisioning.events import ResourceEvent, emit
+from provisioning.events import DriftKind, ResourceDrifted, emit
 from provisioning.journal import Journal, ResourceRecord
-
-DriftKind = Literal["missing", "state"]
-
-
-class ResourceDrifted(ResourceEvent):
-    """A journalled resource is gone from its provider, or in a state we never put it in."""
-
-    kind: ClassVar[str] = "resource.drifted"
-
-    drift: DriftKind
-    expected: str
-    actual: str
 
 
 class DriftedResource(BaseModel):

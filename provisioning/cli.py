@@ -404,6 +404,30 @@ def extensions_list(as_json: JsonOption = False) -> None:
 
 @app.command()
 @reports_errors
+def api(
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback unless a token is set).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9090,
+    set_: SetOption = None,
+) -> None:
+    """The REST API (needs a standing Prefect server: `provision up` starts everything)."""
+    from provisioning.api.server import serve
+
+    serve(_config(set_), host, port)
+
+
+@app.command()
+@reports_errors
+def up(set_: SetOption = None) -> None:
+    """Prefect server, a runner serving the deployments and the API, stopped with Ctrl-C."""
+    from provisioning.embedded import up as embedded_up
+
+    embedded_up(_config(set_), report=console.print)
+
+
+@app.command()
+@reports_errors
 def demo() -> None:
     """Run the demo workflow on local stand-ins for AWS, UpCloud and Docker."""
     config = _config()

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -32,6 +32,7 @@ from provisioning.secrets import mask_secrets
 __all__ = [
     "EVENT_KINDS",
     "ConfigurationChanged",
+    "DriftKind",
     "EventBus",
     "EventStream",
     "KindFilter",
@@ -42,6 +43,7 @@ __all__ = [
     "OperationStarted",
     "ResourceCreated",
     "ResourceDeleted",
+    "ResourceDrifted",
     "ResourceEvent",
     "RollbackExecuted",
     "Subscription",
@@ -170,6 +172,19 @@ class ResourceCreated(ResourceEvent):
 
 class ResourceDeleted(ResourceEvent):
     kind: ClassVar[str] = "resource.deleted"
+
+
+DriftKind = Literal["missing", "state"]
+
+
+class ResourceDrifted(ResourceEvent):
+    """A journalled resource is gone from its provider, or in a state we never put it in."""
+
+    kind: ClassVar[str] = "resource.drifted"
+
+    drift: DriftKind
+    expected: str
+    actual: str
 
 
 class ConfigurationChanged(SystemEvent):
