@@ -65,30 +65,24 @@ def prefect_task_states(flow_run_id: str) -> dict[str, str]:
     return {operation_id: name for operation_id, (_, name) in states.items()}
 
 
-def _row(record: OperationRecord, prefect: dict[str, str]) -> OperationStatusRow:
+def _row(record: OperationRecord) -> OperationStatusRow:
     message = record.error.get("message") if record.error else None
     return OperationStatusRow(
         operation_id=record.operation_id,
         kind=record.kind,
         status=record.status,
         attempts=record.attempt,
-        prefect_state=prefect.get(record.operation_id),
         error=str(message) if message else None,
     )
 
 
-def read_status(config: Config, workflow_id: str, *, with_prefect: bool) -> StatusReport:
-    journal = Journal.from_config(config)
+def journal_status(journal: Journal, workflow_id: str) -> StatusReport:
+    """Everything the journal knows of the workflow (no Prefect states)."""
     record = journal.get_workflow(workflow_id)
     if record is None:
-        raise WorkflowNotFound(f"no workflow '{workflow_id}' in the journal {journal.url}")
-    prefect: dict[str, str] = {}
-    prefect_error = None
-    if with_prefect and record.flow_run_id:
-        try:
-            prefect = prefect_task_states(record.flow_run_id)
-        except (OSError, RuntimeError, ValueError) as error:
-            prefect_error = f"Prefect states unavailable: {error}"
+        raise WorkflowNotFound(
+            f"no workflow '{workflow_id}' in the journal {journal.url}", workflow=workflow_id
+        )
     return StatusReport(
         workflow_id=workflow_id,
         name=record.name,
@@ -96,11 +90,24 @@ def read_status(config: Config, workflow_id: str, *, with_prefect: bool) -> Stat
         generation=record.generation,
         flow_run_id=record.flow_run_id,
         updated_at=record.updated_at,
-        operations=[_row(operation, prefect) for operation in journal.operations(workflow_id)],
+        operations=[_row(operation) for operation in journal.operations(workflow_id)],
         resources=journal.resources(workflow_id, include_deleted=True),
         rollback_stack=journal.rollback_stack(workflow_id),
-        prefect_error=prefect_error,
     )
+
+
+def read_status(config: Config, workflow_id: str, *, with_prefect: bool) -> StatusReport:
+    """The journal's report, with each operation's Prefect task-run state when asked."""
+    report = journal_status(Journal.from_config(config), workflow_id)
+    if with_prefect and report.flow_run_id:
+        try:
+            states = prefect_task_states(report.flow_run_id)
+        except (OSError, RuntimeError, ValueError) as error:
+            report.prefect_error = f"Prefect states unavailable: {error}"
+        else:
+            for row in report.operations:
+                row.prefect_state = states.get(row.operation_id)
+    return report
 
 
 def print_status(console: Console, report: StatusReport) -> None:

@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import os
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from provisioning.api.errors import AuthenticationError, InsecureBind
@@ -70,11 +71,7 @@ class BearerAuthMiddleware:
         if self.token is None or scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        header = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value.decode("latin-1")
-                break
+        header = Headers(scope=scope).get("authorization")
         if token_matches(header, self.token):
             await self.app(scope, receive, send)
             return

@@ -6,7 +6,7 @@ and the id is known before authentication answers.
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provisioning.api.responses import REQUEST_ID_HEADER, request_id_for
@@ -20,12 +20,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                given = value.decode("latin-1")
-                break
-        rid = request_id_for(given)
+        rid = request_id_for(Headers(scope=scope).get(REQUEST_ID_HEADER))
         scope.setdefault("state", {})["request_id"] = rid
 
         async def send_with_id(message: Message) -> None:

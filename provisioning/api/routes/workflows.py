@@ -20,13 +20,12 @@ from provisioning.api.models import (
     WorkflowPage,
     WorkflowSummary,
 )
-from provisioning.api.report import journal_status
 from provisioning.api.responses import Envelope, respond
 from provisioning.api.routes.deps import Gateway, State
 from provisioning.api.streaming import RunEventStream
 from provisioning.journal import WorkflowStatus
 from provisioning.runtime import PrefectUnreachable
-from provisioning.status import StatusReport
+from provisioning.status import StatusReport, journal_status
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 

@@ -1,0 +1,1 @@
+"""Benchmarks that print tables (not tests): ``python -m bench.engine`` and ``bench.providers``."""
