@@ -265,15 +265,22 @@ class AWSProvider(Provider):
         )
         return [self._to_server(instance) for instance in instances]
 
-    def find(self, key: str) -> Server | None:
+    def _tagged(self, tag: str, value: str) -> list[dict[str, Any]]:
+        """Live instances whose ``tag`` is exactly ``value`` (one filtered describe)."""
         instances = self._describe(
             Filters=[
-                {"Name": f"tag:{KEY_TAG}", "Values": [key]},
+                {"Name": f"tag:{tag}", "Values": [value]},
                 {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
             ]
         )
         # Tag filters treat * and ? as wildcards: keep exact matches only.
-        ours = [instance for instance in instances if _tags(instance).get(KEY_TAG) == key]
+        return [instance for instance in instances if _tags(instance).get(tag) == value]
+
+    def find_by_name(self, name: str) -> list[Server]:
+        return [self._to_server(instance) for instance in self._tagged("Name", name)]
+
+    def find(self, key: str) -> Server | None:
+        ours = self._tagged(KEY_TAG, key)
         if not ours:
             return None
         # Should two ever exist (a race EC2's ClientToken would have prevented), pick the first.

@@ -113,6 +113,14 @@ class Provider(ABC):
                 return server
         return None
 
+    def find_by_name(self, name: str) -> list[Server]:
+        """Live servers named ``name``. Drivers whose API filters by name should override."""
+        return [
+            server
+            for server in self.list_servers()
+            if server.name == name and server.state != ServerState.deleted
+        ]
+
     def wait_for(self, server_id: str, state: ServerState, timeout: float | None = None) -> Server:
         """Poll until the server reaches ``state``; a timeout is a transient error."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)

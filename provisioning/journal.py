@@ -357,6 +357,10 @@ def _create_engine(url: URL, busy_timeout: float) -> Engine:
         cursor = dbapi_connection.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL keeps every commit through a killed process (what crash-safe
+            # resume needs) and only risks the last commits on power loss; FULL's fsync per
+            # commit made journal writes the engine's bottleneck (bench/README.md).
+            cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -628,11 +632,13 @@ class Journal:
         error: ErrorInput = None,
         kind: str | None = None,
         provider: str | None = None,
+        rollback: Mapping[str, Any] | None = None,
     ) -> OperationRecord:
         """Record how an operation ended (or that it is running).
 
         An operation that never recorded an intent (one skipped as ``not_run``) is added with
-        attempt 0; ``kind`` (and ``provider``) are then required to describe it.
+        attempt 0; ``kind`` (and ``provider``) are then required to describe it. ``rollback`` is
+        pushed in the same transaction (see :meth:`push_rollback`).
         """
         _check(status, OperationStatus, "operation status")
         finished = _now() if status in _FINISHED_OPERATION else None
@@ -666,6 +672,8 @@ class Journal:
                         **values,
                     )
                 )
+            if rollback is not None:
+                self._push_rollback(conn, workflow_id, operation_id, rollback)
             row = conn.execute(sa.select(_operations).where(where)).one()
         return OperationRecord.model_validate(row._asdict())
 
@@ -723,8 +731,12 @@ class Journal:
         resource_id: str,
         key: str,
         state: ResourceState = "present",
+        rollback: Mapping[str, Any] | None = None,
     ) -> ResourceRecord:
-        """Remember a resource the workflow created; recording it again only updates its state."""
+        """Remember a resource the workflow created; recording it again only updates its state.
+
+        ``rollback`` (how to undo it) is pushed in the same transaction.
+        """
         _check(state, ResourceState, "resource state")
 
         def body(conn: Connection) -> None:
@@ -750,6 +762,8 @@ class Journal:
                         updated_at=now,
                     )
                 )
+            if rollback is not None:
+                self._push_rollback(conn, workflow_id, operation_id, rollback)
 
         self._write_retrying(body)
         return self._require_resource(provider, resource_id)
@@ -829,6 +843,14 @@ class Journal:
 
         Idempotent while the entry is pending: a hook that fires twice gets the first id back.
         """
+        with self._write() as conn:
+            self._lock_workflow(conn, workflow_id)
+            return self._push_rollback(conn, workflow_id, operation_id, action)
+
+    @staticmethod
+    def _push_rollback(
+        conn: Connection, workflow_id: str, operation_id: str, action: Mapping[str, Any]
+    ) -> int:
         if "type" not in action:
             raise ValueError(f"rollback action for {operation_id!r} has no 'type': {dict(action)}")
         pending = (
@@ -841,22 +863,20 @@ class Journal:
             .order_by(_rollback.c.id)
             .limit(1)
         )
-        with self._write() as conn:
-            self._lock_workflow(conn, workflow_id)
-            existing = conn.execute(pending).scalar()
-            if existing is None:
-                conn.execute(
-                    sa.insert(_rollback).values(
-                        workflow_id=workflow_id,
-                        operation_id=operation_id,
-                        action=dict(action),
-                        status="pending",
-                        error=None,
-                        pushed_at=_now(),
-                        done_at=None,
-                    )
+        existing = conn.execute(pending).scalar()
+        if existing is None:
+            conn.execute(
+                sa.insert(_rollback).values(
+                    workflow_id=workflow_id,
+                    operation_id=operation_id,
+                    action=dict(action),
+                    status="pending",
+                    error=None,
+                    pushed_at=_now(),
+                    done_at=None,
                 )
-                existing = conn.execute(pending).scalar_one()
+            )
+            existing = conn.execute(pending).scalar_one()
         return int(existing)
 
     def rollback_stack(

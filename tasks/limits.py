@@ -60,6 +60,8 @@ class LimitedProvider(Provider):
         self.ttl = float(inner.config.get("cache_ttl", 0))
         self.cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self.cache_lock = threading.Lock()
+        #: Bumped by every invalidation: a read that began before one must not be cached.
+        self.generation = 0
         #: Calls actually sent to the driver, by method (for tests and benchmarks).
         self.calls: dict[str, int] = {}
 
@@ -76,23 +78,29 @@ class LimitedProvider(Provider):
         now = time.monotonic()
         with self.cache_lock:
             hit = self.cache.get((method, argument))
+            generation = self.generation
         if hit is not None and now - hit[0] < self.ttl:
             value: T = hit[1]
             return value
         value = self._call(method, call)
         with self.cache_lock:
-            self.cache[(method, argument)] = (time.monotonic(), value)
+            if generation == self.generation:
+                self.cache[(method, argument)] = (time.monotonic(), value)
         return value
 
     def invalidate(self) -> None:
         with self.cache_lock:
             self.cache.clear()
+            self.generation += 1
 
     def list_servers(self) -> list[Server]:
         return self._cached("list_servers", "", self.inner.list_servers)
 
     def find(self, key: str) -> Server | None:
         return self._cached("find", key, lambda: self.inner.find(key))
+
+    def find_by_name(self, name: str) -> list[Server]:
+        return self._cached("find_by_name", name, lambda: self.inner.find_by_name(name))
 
     def get_server(self, server_id: str) -> Server:
         return self._call("get_server", lambda: self.inner.get_server(server_id))

@@ -194,14 +194,15 @@ def _on_failure(
 
 
 def record_success(context: RunContext, operation_id: str, output: OperationOutput) -> None:
-    """Journal the outcome and push the rollback action (idempotent: hooks and reconcile)."""
+    """Journal the outcome and push the rollback action in one transaction (idempotent: the
+    completion hook and the flow's reconcile may both call it)."""
     context.journal.record_outcome(
-        context.workflow_id, operation_id, "succeeded", result=output.output
+        context.workflow_id,
+        operation_id,
+        "succeeded",
+        result=output.output,
+        rollback=output.rollback.model_dump(mode="json") if output.rollback else None,
     )
-    if output.rollback is not None:
-        context.journal.push_rollback(
-            context.workflow_id, operation_id, output.rollback.model_dump(mode="json")
-        )
 
 
 def operation_task(

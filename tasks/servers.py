@@ -29,6 +29,10 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
     provider = context.provider(operation.provider)
     key = idempotency_key(context.workflow_id, operation.id)
     server = provider.create_server(operation.params, key)
+    undo = DeleteResource(provider=operation.provider, resource_id=server.id, key=key)
+    # Stacked as soon as the server exists, not only by the completion hook: should the wait
+    # below fail for good, the failed operation's server is still undone by the run's rollback.
+    # The hook pushes the same action again, which the journal ignores while this one is pending.
     context.journal.record_resource(
         context.workflow_id,
         operation.id,
@@ -36,12 +40,8 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
         resource_id=server.id,
         key=key,
         state="creating",
+        rollback=undo.model_dump(mode="json"),
     )
-    undo = DeleteResource(provider=operation.provider, resource_id=server.id, key=key)
-    # Stacked as soon as the server exists, not only by the completion hook: should the wait
-    # below fail for good, the failed operation's server is still undone by the run's rollback.
-    # The hook pushes the same action again, which the journal ignores while this one is pending.
-    context.journal.push_rollback(context.workflow_id, operation.id, undo.model_dump(mode="json"))
     server = provider.wait_for(server.id, ServerState.running)
     context.journal.set_resource_state(operation.provider, server.id, "present")
     emit(
@@ -72,7 +72,8 @@ def _select(provider: Provider, operation: ServerDeleteOperation) -> str | None:
     params = operation.params
     if params.server_id is not None:
         return params.server_id
-    matches = [server for server in provider.list_servers() if server.name == params.name]
+    assert params.name is not None  # the spec requires exactly one of the two
+    matches = provider.find_by_name(params.name)
     if len(matches) > 1:
         ids = ", ".join(server.id for server in matches)
         raise PermanentProviderError(

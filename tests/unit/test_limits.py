@@ -123,3 +123,26 @@ def test_cached_reads_expire() -> None:
     time.sleep(0.15)
     limited.list_servers()
     assert inner.reads == 2
+
+
+def test_a_read_that_began_before_an_invalidation_is_not_cached() -> None:
+    inner = CountingProvider({"cache_ttl": 30, "requests_per_second": 0})
+    limited = LimitedProvider(inner)
+    started = threading.Event()
+    release = threading.Event()
+    original = inner.list_servers
+
+    def slow_list() -> list[Server]:
+        started.set()
+        release.wait(5)
+        return original()
+
+    inner.list_servers = slow_list  # type: ignore[method-assign]
+    reader = threading.Thread(target=limited.list_servers)
+    reader.start()
+    assert started.wait(5)
+    limited.create_server(ServerSpec(name="new"), "k-new")  # invalidates while the read runs
+    release.set()
+    reader.join(5)
+    inner.list_servers = original  # type: ignore[method-assign]
+    assert [s.name for s in limited.list_servers()] == ["new"]  # the stale list was not kept
