@@ -313,3 +313,14 @@ def changes(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
         for key in sorted(before.keys() | after.keys())
         if before.get(key) != after.get(key)
     ]
+
+
+def reload(config: Config) -> Config:
+    """The same layers with every file read again (run-time layers such as ``--set`` kept)."""
+    layers = []
+    for layer in config.layers:
+        path = Path(layer.source)
+        fresh = read_layer(path) if path.suffix == ".toml" and path.is_absolute() else layer
+        if fresh is not None:
+            layers.append(fresh)
+    return build_config(layers)

@@ -28,7 +28,7 @@ from provisioning.api.gateway import PrefectGateway
 from provisioning.api.middleware import RequestIdMiddleware
 from provisioning.api.openapi import build_openapi
 from provisioning.api.responses import ErrorEnvelope, error_response
-from provisioning.api.routes import catalog, health, workflows
+from provisioning.api.routes import catalog, health, settings, workflows
 from provisioning.api.state import ApiState
 from provisioning.config import Config
 from provisioning.envelope import ErrorInfo
@@ -113,6 +113,7 @@ def create_app(config: Config) -> FastAPI:
     app.include_router(health.router)
     app.include_router(workflows.router)
     app.include_router(catalog.router)
+    app.include_router(settings.router)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
