@@ -327,6 +327,7 @@ def test_every_kind_is_registered_under_its_name() -> None:
         "workflow.failed",
         "resource.created",
         "resource.deleted",
+        "resource.drifted",
         "configuration.changed",
         "operation.started",
         "operation.completed",
