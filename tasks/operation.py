@@ -104,7 +104,8 @@ def execute_operation(
     return output.model_dump(mode="json")
 
 
-def _error_of(state: State[Any]) -> BaseException | None:
+def error_of(state: State[Any]) -> BaseException | None:
+    """The exception a failed task run raised, if it raised one."""
     if isinstance(state.data, BaseException):
         return state.data
     result = state.result(raise_on_failure=False)
@@ -115,7 +116,7 @@ def _retry_condition(
     workflow_id: str, operation_id: str, delays: list[float]
 ) -> Callable[[Task[..., Any], TaskRun, State[Any]], bool]:
     def should_retry(_: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-        error = _error_of(state)
+        error = error_of(state)
         if error is None or not is_transient(error):
             return False
         attempts = task_run.run_count
@@ -168,7 +169,7 @@ def _on_failure(
 ) -> Callable[[Task[..., Any], TaskRun, State[Any]], None]:
     def record_failure(_: Task[..., Any], __: TaskRun, state: State[Any]) -> None:
         context = current(workflow_id)
-        error = _error_of(state)
+        error = error_of(state)
         message = str(error) if error is not None else state.message or "failed"
         code = error.code if isinstance(error, ProvisioningError) else "INTERNAL_ERROR"
         timing = context.timings.setdefault(operation_id, [datetime.now(UTC)])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import Task, task
+from prefect.client.schemas.objects import State, TaskRun
 
+from provisioning.errors import is_transient
 from provisioning.rollback import (
     CustomAction,
     DeleteResource,
@@ -16,6 +18,7 @@ from provisioning.rollback import (
 from tasks.commands import run_custom
 from tasks.context import current
 from tasks.files import restore_file
+from tasks.operation import error_of
 from tasks.servers import remove_server
 from tasks.settings_file import revert_value
 
@@ -34,11 +37,18 @@ def apply_action(workflow_id: str, operation_id: str, action: dict[str, Any]) ->
     return run_custom(parsed)
 
 
+def retry_if_transient(_: Task[..., Any], __: TaskRun, state: State[Any]) -> bool:
+    """Undoing is retried on throttling and outages only: a refused delete stays refused."""
+    error = error_of(state)
+    return error is not None and is_transient(error)
+
+
 @task(
     name="undo",
     retries=3,
     retry_delay_seconds=[1, 2, 4],
     retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
     persist_result=False,
 )
 def undo_action(workflow_id: str, operation_id: str, action: dict[str, Any]) -> str:
