@@ -17,7 +17,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 if TYPE_CHECKING:
     from flows.run import run_workflow
-
     from providers.registry import load_workflow
 
 __all__ = ["__version__", "load_workflow", "run_workflow"]
