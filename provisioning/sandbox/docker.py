@@ -24,14 +24,15 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import IO, Self
+from types import FrameType
+from typing import IO
 
 import docker
 import docker.errors
 import requests.exceptions
 
 from provisioning.errors import ProvisioningError
+from provisioning.sandbox.base import Sandbox
 
 __all__ = ["DEFAULT_IMAGE", "DockerSandbox", "SandboxError", "main"]
 
@@ -123,7 +124,7 @@ def rootfs_tarball(busybox: Path) -> bytes:
     return buffer.getvalue()
 
 
-class DockerSandbox:
+class DockerSandbox(Sandbox):
     """A private ``dockerd`` under ``root`` plus the local image, or an engine someone else runs.
 
     ``root`` keeps the engine's data (images survive a restart). The socket and the engine's run
@@ -241,18 +242,6 @@ class DockerSandbox:
             return removed
         finally:
             client.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _start_daemon(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -29,8 +29,8 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
-from types import FrameType, TracebackType
-from typing import Any, Literal, Self
+from types import FrameType
+from typing import Any, Literal
 from urllib.parse import parse_qs
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -44,6 +44,8 @@ from moto.moto_server.werkzeug_app import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from provisioning.sandbox.base import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +222,7 @@ class _QuietRequestHandler(MotoRequestHandler):
         logger.debug("%s - " + message, self.address_string(), *args)
 
 
-class MotoSandbox:
+class MotoSandbox(Sandbox):
     """moto's EC2 on ``http://HOST:PORT`` (a free port by default), served by a daemon thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
@@ -305,18 +307,6 @@ class MotoSandbox:
             )
         self._warm_up_client.describe_instances()
         self._app.clear()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

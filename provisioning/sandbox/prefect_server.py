@@ -13,11 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
 from provisioning.errors import ProvisioningError
+from provisioning.sandbox.base import Sandbox
 
 
 def free_port() -> int:
@@ -27,7 +27,7 @@ def free_port() -> int:
         return port
 
 
-class PrefectServer:
+class PrefectServer(Sandbox):
     """``prefect server start`` as a child process with its own ``PREFECT_HOME``."""
 
     def __init__(self, home: Path, port: int | None = None, log: Path | None = None) -> None:
@@ -96,15 +96,3 @@ class PrefectServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-
-    def __enter__(self) -> PrefectServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()

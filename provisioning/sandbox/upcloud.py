@@ -37,11 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, Field, ValidationError
+
+from provisioning.sandbox.base import Sandbox
 
 __all__ = ["PLANS", "TEMPLATES", "ZONES", "FaultKind", "UpCloudEmulator", "main"]
 
@@ -769,7 +771,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-class UpCloudEmulator:
+class UpCloudEmulator(Sandbox):
     """The UpCloud API 1.3 server subset on ``127.0.0.1``, in a background thread.
 
     Credentials: HTTP basic ``username``/``password`` or ``Authorization: Bearer <token>``;
@@ -886,18 +888,6 @@ class UpCloudEmulator:
         with self.cloud.lock:
             record = self.cloud.server(server_uuid)
             record.state, record.target = state, None
-
-    def __enter__(self) -> UpCloudEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
