@@ -9,19 +9,18 @@ page someone on it) and returns a report. It only reports: repairing is ``resume
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
-from prefect import Task, flow, task
-from prefect.client.schemas.objects import State, TaskRun
+from prefect import flow, task
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import BaseModel, Field
 
+from flows.common import base_config
 from providers.base import ServerState
 from providers.registry import get_provider
-from provisioning.config import load_config
-from provisioning.errors import ProviderError, is_transient
+from provisioning.errors import ProviderError
 from provisioning.events import DriftKind, ResourceDrifted, emit
 from provisioning.journal import Journal, ResourceRecord
+from tasks.operation import retry_if_transient
 
 
 class DriftedResource(BaseModel):
@@ -46,15 +45,10 @@ class DriftReport(BaseModel):
         return not self.drifted and not self.unreachable
 
 
-def _retry_transient(_: Task[..., Any], __: TaskRun, state: State[Any]) -> bool:
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, BaseException) and is_transient(error)
-
-
-@task(name="list servers", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_transient)
+@task(name="list servers", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_if_transient)
 def provider_states(provider: str, overrides: list[str]) -> dict[str, str]:
     """Server id -> normalised state at ``provider`` (deleted servers left out)."""
-    config = load_config(overrides=overrides)
+    config = base_config(overrides)
     driver = get_provider(provider, config.provider(provider))
     return {
         server.id: server.state.value
@@ -89,7 +83,7 @@ def drift_check_flow(
 ) -> DriftReport:
     """Check every live resource of the journal (or of one workflow) against its provider."""
     overrides = list(overrides or [])
-    journal = Journal.from_config(load_config(overrides=overrides))
+    journal = Journal.from_config(base_config(overrides))
     by_provider: dict[str, list[ResourceRecord]] = defaultdict(list)
     for resource in journal.resources(workflow_id):
         if resource.state == "present":

@@ -112,6 +112,12 @@ def error_of(state: State[Any]) -> BaseException | None:
     return result if isinstance(result, BaseException) else None
 
 
+def retry_if_transient(_: Task[..., Any], __: TaskRun, state: State[Any]) -> bool:
+    """For tasks that retry on throttling and outages only: a refused call stays refused."""
+    error = error_of(state)
+    return error is not None and is_transient(error)
+
+
 def _retry_condition(
     workflow_id: str, operation_id: str, delays: list[float]
 ) -> Callable[[Task[..., Any], TaskRun, State[Any]], bool]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import Task, task
-from prefect.client.schemas.objects import State, TaskRun
+from prefect import task
 
-from provisioning.errors import is_transient
 from provisioning.rollback import (
     CustomAction,
     DeleteResource,
@@ -18,7 +16,7 @@ from provisioning.rollback import (
 from tasks.commands import run_custom
 from tasks.context import current
 from tasks.files import restore_file
-from tasks.operation import error_of
+from tasks.operation import retry_if_transient
 from tasks.servers import remove_server
 from tasks.settings_file import revert_value
 
@@ -35,12 +33,6 @@ def apply_action(workflow_id: str, operation_id: str, action: dict[str, Any]) ->
         return revert_value(parsed)
     assert isinstance(parsed, CustomAction)
     return run_custom(parsed)
-
-
-def retry_if_transient(_: Task[..., Any], __: TaskRun, state: State[Any]) -> bool:
-    """Undoing is retried on throttling and outages only: a refused delete stays refused."""
-    error = error_of(state)
-    return error is not None and is_transient(error)
 
 
 @task(

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from flows.destroy import destroy_workflow_flow
+from flows.drift import drift_check_flow
 from flows.run import run_workflow
 from providers.registry import get_provider
+from provisioning.extensions import active_extensions, deactivate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,3 +61,34 @@ def test_a_workflow_creates_and_destroys_process_servers(
     report = destroy_workflow_flow(workflow_id, overrides)
     assert report.ok and [step.operation_id for step in report.steps] == ["worker"]
     assert provider.find(f"{workflow_id}/worker") is None
+
+
+def test_drift_check_sees_an_extension_providers_server_go_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROVISIONING_BASE", str(tmp_path))
+    overrides = [
+        f"extensions.paths={json.dumps([str(REPO / 'extensions')])}",
+        f"providers.process.state_dir={json.dumps(str(tmp_path / 'processes'))}",
+    ]
+    workflow_id = f"wf-drift-process-{uuid.uuid4().hex[:6]}"
+    spec = {
+        "workflow_id": workflow_id,
+        "name": "process-drift",
+        "operations": [
+            {"id": "worker", "kind": "server.create", "provider": "process",
+             "params": {"name": "worker-1", "extra": {"command": ["sleep", "300"]}}},
+        ],
+    }  # fmt: skip
+    result = run_workflow(spec, overrides=overrides)
+    assert result.status == "success", result
+    for info in active_extensions():  # as in a runner process that only serves drift-check
+        deactivate(info)
+    healthy = drift_check_flow(workflow_id, overrides)
+    assert (healthy.checked, healthy.drifted, healthy.unreachable) == (1, [], {})
+
+    [resource] = result.result.resources
+    provider = get_provider("process", {"state_dir": str(tmp_path / "processes")})
+    provider.delete_server(resource.resource_id)  # gone behind the journal's back
+    drifted = drift_check_flow(workflow_id, overrides)
+    assert [(d.operation_id, d.drift) for d in drifted.drifted] == [("worker", "missing")]
