@@ -12,6 +12,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from provisioning.sandbox.prefect_server import PrefectServer
@@ -80,6 +81,15 @@ def settle(
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def banner(name: str, started_load: str, log_level: str) -> str:
+    """The first line of a benchmark's report: when, on what, under which load."""
+    return (
+        f"{name}  {datetime.now():%Y-%m-%d %H:%M}  python {sys.version.split()[0]}  "
+        f"load average at start {started_load}, at end {load_average()}  "
+        f"PREFECT_LOGGING_LEVEL={log_level}\n"
+    )
 
 
 def median(values: Sequence[float]) -> float:

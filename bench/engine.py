@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
+    banner,
     child_environment,
     load_average,
     median,
@@ -339,11 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"bench.engine  {datetime.now():%Y-%m-%d %H:%M}  python {sys.version.split()[0]}  "
-        f"load average at start {started_load}, at end {load_average()}  "
-        f"PREFECT_LOGGING_LEVEL={args.log_level}\n"
-    )
+    print(banner("bench.engine", started_load, args.log_level))
     print("\n\n".join(tables))
 
 

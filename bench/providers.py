@@ -38,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ import httpx
 
 from bench._aws_worker import create, delete, ec2_client
 from bench._common import (
+    banner,
     child_environment,
     load_average,
     note,
@@ -475,11 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"bench.providers  {datetime.now():%Y-%m-%d %H:%M}  python {sys.version.split()[0]}  "
-        f"load average at start {started_load}, at end {load_average()}  "
-        f"PREFECT_LOGGING_LEVEL={args.log_level}\n"
-    )
+    print(banner("bench.providers", started_load, args.log_level))
     print(results_table(results))
     print()
     print(targets_table(results))
