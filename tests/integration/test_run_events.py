@@ -38,7 +38,7 @@ def _kinds(events: list[SystemEvent], operation: str | None = None) -> list[str]
     ]
 
 
-def _stored_in_prefect(events: list[SystemEvent], deadline_s: float = 20.0) -> dict[str, str]:
+def _stored_in_prefect(events: list[SystemEvent], deadline_s: float = 30.0) -> dict[str, str]:
     """Event id -> Prefect event name, for the events Prefect has persisted."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventIDFilter

@@ -373,7 +373,7 @@ def test_prefect_shapes_name_the_resource_the_event_is_about() -> None:
     assert resource.to_payload()["occurred"].endswith(("Z", "+00:00"))
 
 
-def _read_prefect_events(ids: list[str], deadline_s: float = 15.0) -> dict[str, ReceivedEvent]:
+def _read_prefect_events(ids: list[str], deadline_s: float = 30.0) -> dict[str, ReceivedEvent]:
     """The stored Prefect events with these ids (they are persisted asynchronously)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventIDFilter
