@@ -37,7 +37,7 @@ from provisioning.envelope import (
 from provisioning.errors import ProvisioningError
 from provisioning.events import WorkflowCompleted, WorkflowFailed, WorkflowStarted, emit
 from provisioning.graph import WorkflowGraph
-from provisioning.journal import Journal, WorkflowStatus
+from provisioning.journal import Journal, OperationRecord, WorkflowStatus
 from provisioning.spec import Workflow
 from tasks.context import RunContext, bind
 from tasks.operation import operation_task, record_success
@@ -50,7 +50,12 @@ def _flow_run_name() -> str:
 
 
 def _operation_result(
-    context: RunContext, workflow: Workflow, operation_id: str, state: State[Any]
+    context: RunContext,
+    workflow: Workflow,
+    operation_id: str,
+    state: State[Any],
+    record: OperationRecord | None,
+    output: OperationOutput | None,
 ) -> OperationResult:
     operation = workflow.operation(operation_id)
     base: dict[str, Any] = {
@@ -58,10 +63,8 @@ def _operation_result(
         "kind": operation.kind,
         "provider": operation.provider,
     }
-    record = context.journal.get_operation(context.workflow_id, operation_id)
     attempts = record.attempt if record is not None else 0
-    if state.is_completed():
-        output = OperationOutput.model_validate(state.result())
+    if output is not None:
         return OperationResult(
             **base,
             status="succeeded",
@@ -97,14 +100,16 @@ def _operation_result(
     return OperationResult(**base, status="not_run", error=skipped)
 
 
-def _reconcile(context: RunContext, results: list[OperationResult]) -> None:
-    """Make sure every completed operation is journalled, whatever happened to its hook."""
-    for result in results:
-        if result.status == "succeeded":
-            output = OperationOutput(output=result.output, resources=result.resources)
-            stored = context.journal.get_operation(context.workflow_id, result.id)
-            if stored is None or stored.status != "succeeded":
-                record_success(context, result.id, output)
+def _reconcile(
+    context: RunContext,
+    outputs: dict[str, OperationOutput],
+    records: dict[str, OperationRecord],
+) -> None:
+    """Journal every completed operation and its undo action, whatever happened to its hook."""
+    for operation_id, output in outputs.items():
+        stored = records.get(operation_id)
+        if stored is None or stored.status != "succeeded":
+            record_success(context, operation_id, output)
 
 
 def execute(
@@ -157,11 +162,27 @@ def execute(
             )
         for future in futures.values():
             future.wait()
+        states = {operation_id: future.state for operation_id, future in futures.items()}
+        outputs = {
+            operation_id: OperationOutput.model_validate(state.result())
+            for operation_id, state in states.items()
+            if state.is_completed()
+        }
+        records = {
+            record.operation_id: record for record in journal.operations(workflow.workflow_id)
+        }
         results = [
-            _operation_result(context, workflow, operation_id, futures[operation_id].state)
+            _operation_result(
+                context,
+                workflow,
+                operation_id,
+                states[operation_id],
+                records.get(operation_id),
+                outputs.get(operation_id),
+            )
             for operation_id in graph.order
         ]
-        _reconcile(context, results)
+        _reconcile(context, outputs, records)
         failed = [result for result in results if result.status == "failed"]
         rollback: list[RollbackStep] | None = None
         if failed and on_failure == "rollback":
