@@ -39,7 +39,9 @@ def test_no_generated_input_gets_a_server_error(
         "--request-timeout", "20",
         "--seed", "20240601",
         "--generation-deterministic",
-        "--workers", "2",
+        # One worker: two threads racing in hypothesis's ast.parse hit a CPython 3.11.7 bug
+        # ("AST constructor recursion depth mismatch") in CI.
+        "--workers", "1",
         "--no-color",
         "--report", "json",
         "--report-json-path", str(report),
