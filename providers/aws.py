@@ -1,8 +1,9 @@
 """The AWS provider: a "server" is an EC2 instance, driven through boto3.
 
-Idempotency rests on the ``provisioning:key`` tag, looked up before every create: EC2 honours
-``ClientToken`` (which we also send), but moto ignores it, and a tag lookup also finds a server
-whose creation a crashed run never heard back about.
+Idempotency rests on the ``provisioning:key`` tag, looked up before a create unless the engine's
+journal shows the key never reached EC2: EC2 honours ``ClientToken`` (which we also send), but
+moto ignores it, and a tag lookup also finds a server whose creation a crashed run never heard
+back about.
 
 botocore is told to try each call once (``total_max_attempts=1``): the engine retries transient
 errors itself, with backoff and jitter, under the per-provider rate limit, and counts its attempts.
@@ -300,6 +301,9 @@ class AWSProvider(Provider):
         if existing is not None:
             logger.debug("instance %s already carries key %s", existing.id, key)
             return existing
+        return self.create_new_server(spec, key)
+
+    def create_new_server(self, spec: ServerSpec, key: str) -> Server:
         if not spec.image:
             raise PermanentProviderError(
                 "server.create needs an image (an AMI id)", provider=PROVIDER, field="params.image"

@@ -96,7 +96,18 @@ class Provider(ABC):
 
     @abstractmethod
     def create_server(self, spec: ServerSpec, key: str) -> Server:
-        """Create a server carrying ``key``; return it as soon as the API accepted it."""
+        """Create a server carrying ``key``, or return the live one that already carries it;
+        return as soon as the API accepted it."""
+
+    def create_new_server(self, spec: ServerSpec, key: str) -> Server:
+        """:meth:`create_server` for a key the caller knows no server can carry yet.
+
+        The engine calls this when its journal shows the key never reached the provider (the
+        operation's first attempt, no resource recorded under the key). Drivers whose
+        ``create_server`` looks the key up first override it to skip that lookup: one API call
+        fewer per server. The default is the idempotent path, which is always correct.
+        """
+        return self.create_server(spec, key)
 
     @abstractmethod
     def get_server(self, server_id: str) -> Server:

@@ -6,10 +6,10 @@ project's error classes in one place, :func:`translate_error`, so the engine can
 retry (429, 5xx, network trouble) from what to report at once (bad plan, bad credentials).
 
 Idempotency rests on a label: every server we create carries ``provisioning-key``, and
-:meth:`UpCloudProvider.find` asks the API for it (``GET /server?label=key=value``) before any
-create. Label values go through :func:`encode_label_value` so the key survives any character a
-workflow or operation id may hold, including ``/``, ``=`` and ``,`` that would otherwise blur a
-``label=key=value`` filter.
+:meth:`UpCloudProvider.find` asks the API for it (``GET /server?label=key=value``) before a
+create, unless the engine's journal shows the key never reached the API. Label values go through
+:func:`encode_label_value` so the key survives any character a workflow or operation id may hold,
+including ``/``, ``=`` and ``,`` that would otherwise blur a ``label=key=value`` filter.
 
 Credentials come from the config (``token``, or ``username`` and ``password``) or the
 environment (``UPCLOUD_TOKEN``, or ``UPCLOUD_USERNAME`` and ``UPCLOUD_PASSWORD``). They live only
@@ -317,6 +317,9 @@ class UpCloudProvider(Provider):
         if existing is not None:
             logger.info("upcloud: server %s already carries key %s", existing.id, key)
             return existing
+        return self.create_new_server(spec, key)
+
+    def create_new_server(self, spec: ServerSpec, key: str) -> Server:
         body = self._create_body(spec, key)
         created = _parse(_ServerEnvelope, self._call("POST", "server", json={"server": body}))
         server = self._server(created.server)

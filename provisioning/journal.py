@@ -828,6 +828,30 @@ class Journal:
             ).first()
         return None if row is None else ResourceRecord.model_validate(row._asdict())
 
+    def key_may_exist(self, workflow_id: str, operation_id: str, key: str) -> bool:
+        """Whether a provider may already hold a resource carrying ``key``.
+
+        False only on the operation's first recorded attempt with no live resource recorded under
+        the key: the intent is committed before any provider call, so no earlier call can have
+        carried the key, and a create may skip asking the provider for it. A retry, a resume or a
+        re-run all count a further attempt, which makes this True.
+        """
+        with self._read() as conn:
+            attempt = conn.execute(
+                sa.select(_operations.c.attempt).where(
+                    (_operations.c.workflow_id == workflow_id)
+                    & (_operations.c.operation_id == operation_id)
+                )
+            ).scalar()
+            if attempt is None or int(attempt) > 1:
+                return True
+            live = conn.execute(
+                sa.select(_resources.c.id)
+                .where((_resources.c.key == key) & (_resources.c.state != "deleted"))
+                .limit(1)
+            ).first()
+        return live is not None
+
     def owned_keys(self, provider: str | None = None) -> set[str]:
         """Idempotency keys of every resource not deleted: what the orphan sweep must spare."""
         query = sa.select(_resources.c.key).where(_resources.c.state != "deleted").distinct()

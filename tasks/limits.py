@@ -7,7 +7,7 @@ These are in-process limits; Prefect's global concurrency limits would need a se
 call and a limit object created ahead, for the same effect inside one flow run.
 
 Reads (``get_server``, ``list_servers``, ``find``) are cached for ``cache_ttl`` seconds because
-``wait_for`` loops and ``find`` before each create repeat them; creates and deletes clear the cache.
+``wait_for`` loops repeat them; creates and deletes clear the cache.
 Prefect's task caching does not fit here: these reads happen inside a task, not as tasks.
 """
 
@@ -108,6 +108,12 @@ class LimitedProvider(Provider):
     def create_server(self, spec: ServerSpec, key: str) -> Server:
         try:
             return self._call("create_server", lambda: self.inner.create_server(spec, key))
+        finally:
+            self.invalidate()
+
+    def create_new_server(self, spec: ServerSpec, key: str) -> Server:
+        try:
+            return self._call("create_new_server", lambda: self.inner.create_new_server(spec, key))
         finally:
             self.invalidate()
 

@@ -4,7 +4,9 @@ Create records its intent in the journal before calling the provider, and the se
 undo action right after the provider answers, before waiting for it to run. Whatever instant a
 process dies at, the next attempt (a retry, or ``provision resume``) finds the server by its key
 instead of making a second one: the driver's ``create_server`` looks the key up first, and the
-journal keeps the id. Whatever attempt fails last, the rollback stack already holds the delete.
+journal keeps the id. Only a first attempt, which the journal proves no provider has seen, skips
+that lookup (``create_new_server``). Whatever attempt fails last, the rollback stack already holds
+the delete.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
     assert operation.provider is not None  # guaranteed by spec validation
     provider = context.provider(operation.provider)
     key = idempotency_key(context.workflow_id, operation.id)
-    server = provider.create_server(operation.params, key)
+    if context.journal.key_may_exist(context.workflow_id, operation.id, key):
+        server = provider.create_server(operation.params, key)
+    else:
+        server = provider.create_new_server(operation.params, key)
     undo = DeleteResource(provider=operation.provider, resource_id=server.id, key=key)
     # Stacked as soon as the server exists, not only by the completion hook: should the wait
     # below fail for good, the failed operation's server is still undone by the run's rollback.

@@ -32,7 +32,7 @@ from provisioning.journal import Journal
 from provisioning.sandbox.moto import MotoSandbox
 from provisioning.sandbox.upcloud import UpCloudEmulator
 from provisioning.sweep import find_orphans
-from tests.fixtures.sandbox_procs import HoldingProxy, aws_call
+from tests.fixtures.sandbox_procs import HoldingProxy, aws_call, upcloud_call
 
 AMI = "ami-12345678"
 
@@ -251,7 +251,9 @@ def test_a_permanent_error_fails_at_once_with_the_providers_message(
     assert db.error.message == (
         'provider \'aws\': InvalidAMIID.Malformed: Invalid id: "bad-image" (expecting "ami-...")'
     )
-    assert moto_sandbox.requests_served == 2  # the key lookup and one RunInstances, no retry
+    # One RunInstances: a first attempt needs no key lookup (the journal proves the key is new),
+    # and a permanent error is not retried.
+    assert moto_sandbox.requests_served == 1
     assert project.server_ids()["aws"] == set()
 
 
@@ -264,9 +266,7 @@ def lossy_aws(project: Project, moto_proxy: HoldingProxy) -> Iterator[HoldingPro
     moto_proxy.reset()
 
 
-@pytest.mark.parametrize(
-    "lost", ["status poll", "create answer"]
-)
+@pytest.mark.parametrize("lost", ["status poll", "create answer"])
 def test_a_create_that_fails_after_the_provider_acted_is_rolled_back(
     project: Project, lossy_aws: HoldingProxy, lost: str
 ) -> None:
@@ -288,6 +288,33 @@ def test_a_create_that_fails_after_the_provider_acted_is_rolled_back(
     db = result.result.operation("db")
     assert db.error is not None and db.error.code == "PROVIDER_TRANSIENT", db.error
     assert project.server_ids() == {"aws": set(), "upcloud": set()}
+
+
+@pytest.fixture
+def lossy_upcloud(project: Project, upcloud_proxy: HoldingProxy) -> Iterator[HoldingProxy]:
+    """The emulator behind the proxy, which can lose an answer after the emulator acted."""
+    upcloud_proxy.reset()
+    project.configure("upcloud", api_endpoint=f"{upcloud_proxy.url}/1.3")
+    yield upcloud_proxy
+    upcloud_proxy.reset()
+
+
+@pytest.mark.parametrize("provider", ["aws", "upcloud"])
+def test_a_retry_after_a_lost_create_answer_adopts_the_server_it_made(
+    project: Project, lossy_aws: HoldingProxy, lossy_upcloud: HoldingProxy, provider: str
+) -> None:
+    """The first attempt skips the key lookup; the retry must not, or it makes a second server."""
+    if provider == "aws":
+        lossy_aws.drop(aws_call("RunInstances"))
+    else:
+        lossy_upcloud.drop(upcloud_call("POST", server_id=False))
+    spec = workflow(f"wf-lost-answer-{provider}", [server("db", provider, "db-1")])
+
+    result = run_workflow(spec)
+
+    assert result.ok, result
+    assert result.result.operation("db").attempts == 2
+    assert len(project.server_ids()[provider]) == 1
 
 
 @pytest.fixture

@@ -275,6 +275,23 @@ def test_intent_then_outcome(journal: Journal, workflow: str) -> None:
     assert (done.status, done.result, done.attempt) == ("succeeded", {"id": "i-1"}, 2)
 
 
+def test_a_key_may_exist_once_an_attempt_or_a_live_resource_could_have_carried_it(
+    journal: Journal, workflow: str
+) -> None:
+    key = f"{workflow}/db"
+    assert journal.key_may_exist(workflow, "db", key)  # no intent: nothing is proven
+    journal.record_intent(workflow, "db", kind="server.create", provider="aws", key=key)
+    assert not journal.key_may_exist(workflow, "db", key)  # first attempt, nothing recorded
+
+    journal.record_resource(workflow, "db", provider="aws", resource_id="i-1", key=key)
+    assert journal.key_may_exist(workflow, "db", key)
+    journal.set_resource_state("aws", "i-1", "deleted")
+    assert not journal.key_may_exist(workflow, "db", key)
+
+    journal.record_intent(workflow, "db", kind="server.create", provider="aws", key=key)
+    assert journal.key_may_exist(workflow, "db", key)  # the first attempt may have reached it
+
+
 def test_outcome_without_intent_needs_a_kind(journal: Journal, workflow: str) -> None:
     with pytest.raises(ProvisioningError) as caught:
         journal.record_outcome(workflow, "web", "not_run")
