@@ -36,6 +36,11 @@ def workflow_config(workflow: Workflow, overrides: Iterable[str] = ()) -> Config
     return load_config(overrides=overrides, extra_layers=[layer])
 
 
+def parallelism_of(workflow: Workflow, config: Config) -> int:
+    """Operations at once: the spec's ``parallelism``, else ``engine.parallelism`` (10)."""
+    return int(workflow.configuration.parallelism or config.get("engine.parallelism", 10))
+
+
 def reopen(workflow_id: str, overrides: Iterable[str] = ()) -> tuple[Workflow, Config, Journal]:
     """The stored spec of ``workflow_id``, its configuration and the journal holding it."""
     overrides = list(overrides)

@@ -21,7 +21,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import base_config, without_heartbeat, workflow_config
+from flows.common import base_config, parallelism_of, without_heartbeat, workflow_config
 from flows.recovery import adopt_in_flight
 from flows.unwind import unwind
 from providers.registry import load_workflow
@@ -119,7 +119,6 @@ def execute(
     began = time.monotonic()
     graph = WorkflowGraph(workflow)
     engine = config.section("engine")
-    parallelism = int(workflow.configuration.parallelism or engine.get("parallelism", 10))
     on_failure = str(engine.get("on_failure", "rollback"))
     record = journal.upsert_workflow(
         workflow.workflow_id, workflow.name, workflow.model_dump(mode="json")
@@ -139,7 +138,9 @@ def execute(
     result_storage = config.state_dir / "results"
     result_storage.mkdir(parents=True, exist_ok=True)
     futures: dict[str, PrefectFuture[dict[str, Any]]] = {}
-    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=parallelism)
+    runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
+        max_workers=parallelism_of(workflow, config)
+    )
     with bind(context), runner:
         for operation_id in graph.order:
             operation = workflow.operation(operation_id)

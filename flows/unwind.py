@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from prefect import Task
+from prefect.client.schemas.objects import State
+
 from provisioning.envelope import RollbackStep
 from provisioning.events import RollbackExecuted, emit
 from provisioning.rollback import RollbackAction, describe, parse_action
@@ -9,13 +14,34 @@ from tasks.context import RunContext
 from tasks.undo import undo_action
 
 
-def undo(context: RunContext, operation_id: str, action: RollbackAction, verb: str) -> RollbackStep:
-    """Run one action as a task named ``{verb} {operation}``; a failure is reported, not raised."""
-    state = undo_action.with_options(task_run_name=f"{verb} {operation_id}")(
-        context.workflow_id, operation_id, action.model_dump(mode="json"), return_state=True
-    )
+def undo_task(operation_id: str, verb: str) -> Task[..., str]:
+    """The undo task for one operation, named ``{verb} {operation}`` in the UI."""
+    return undo_action.with_options(task_run_name=f"{verb} {operation_id}")
+
+
+def undo_parameters(
+    context: RunContext, operation_id: str, action: RollbackAction
+) -> dict[str, Any]:
+    return {
+        "workflow_id": context.workflow_id,
+        "operation_id": operation_id,
+        "action": action.model_dump(mode="json"),
+    }
+
+
+def report_undo(
+    context: RunContext,
+    operation_id: str,
+    action: RollbackAction,
+    state: State[Any],
+    blocked_by: str = "an undo it waits for failed",
+) -> RollbackStep:
+    """The step an undo task's final state amounts to, announced as a ``RollbackExecuted``;
+    ``blocked_by`` says why, should the task never have started."""
     error: str | None = None
-    if not state.is_completed():
+    if state.is_pending():
+        error = f"not attempted: {blocked_by}"
+    elif not state.is_completed():
         raised = state.result(raise_on_failure=False)
         error = str(raised) if isinstance(raised, BaseException) else state.message or "failed"
     step = RollbackStep(
@@ -35,6 +61,14 @@ def undo(context: RunContext, operation_id: str, action: RollbackAction, verb: s
         )
     )
     return step
+
+
+def undo(context: RunContext, operation_id: str, action: RollbackAction, verb: str) -> RollbackStep:
+    """Run one action as a task now; a failure is reported, not raised."""
+    state = undo_task(operation_id, verb)(
+        **undo_parameters(context, operation_id, action), return_state=True
+    )
+    return report_undo(context, operation_id, action, state)
 
 
 def unwind(context: RunContext) -> list[RollbackStep]:

@@ -21,6 +21,7 @@ import pytest
 import tomli_w
 
 from flows.destroy import destroy_workflow_flow
+from flows.rollback import RollbackReport
 from flows.run import run_workflow
 from providers.aws import AWSProvider
 from providers.base import ServerSpec
@@ -28,6 +29,7 @@ from providers.local import LocalProvider
 from providers.upcloud import UpCloudProvider
 from provisioning.config import load_config
 from provisioning.envelope import WorkflowResult
+from provisioning.events import ResourceDeleted, bus
 from provisioning.journal import Journal
 from provisioning.sandbox.moto import MotoSandbox
 from provisioning.sandbox.upcloud import UpCloudEmulator
@@ -153,6 +155,77 @@ def test_servers_and_local_changes_run_end_to_end_then_destroy(project: Project)
     assert {step.operation_id for step in report.steps} == {"db", "web"}
     assert project.server_ids() == {"aws": set(), "upcloud": set()}
     assert (project.base / "app/notes.txt").exists()  # destroy deletes servers, nothing else
+
+
+def _destroy_collecting(workflow_id: str) -> tuple[RollbackReport, list[str]]:
+    """Destroy, and the operations whose servers went, in the order their deletes finished."""
+    deleted: list[str] = []
+    subscription = bus.subscribe(
+        ResourceDeleted, lambda event: deleted.append(event.operation_id), workflow_id=workflow_id
+    )
+    try:
+        report = destroy_workflow_flow(workflow_id)
+        assert subscription.flush(10)
+    finally:
+        subscription.close()
+    return report, deleted
+
+
+def test_destroy_deletes_in_parallel_dependants_before_what_they_wait_for(
+    project: Project, slow_upcloud: HoldingProxy
+) -> None:
+    spec = workflow(
+        "wf-tiers",
+        [
+            server("db", "upcloud", "db-1"),
+            server("web1", "upcloud", "web-1"),
+            server("web2", "upcloud", "web-2"),
+        ],
+        {"web1": ["db"], "web2": ["db"]},
+        parallelism=3,
+    )
+    assert run_workflow(spec).ok
+    slow_upcloud.peak_in_flight = 0
+
+    report, deleted = _destroy_collecting("wf-tiers")
+
+    assert report.ok, report
+    assert sorted(deleted[:2]) == ["web1", "web2"] and deleted[2:] == ["db"]
+    assert slow_upcloud.peak_in_flight >= 2, "the two web servers should go at once"
+    assert project.server_ids()["upcloud"] == set()
+
+
+def test_destroy_keeps_what_a_failed_delete_still_waits_for(project: Project) -> None:
+    spec = workflow(
+        "wf-stuck",
+        [
+            server("db", "aws", "db-1"),
+            server("web", "upcloud", "web-1"),
+            server("cache", "aws", "cache-1"),
+        ],
+        {"web": ["db"]},
+    )
+    assert run_workflow(spec).ok
+    project.configure("upcloud", password="wrong")  # every UpCloud call now fails for good
+
+    report, deleted = _destroy_collecting("wf-stuck")
+
+    steps = {step.operation_id: step for step in report.steps}
+    assert deleted == ["cache"]
+    assert (steps["cache"].status, steps["web"].status, steps["db"].status) == (
+        "done",
+        "failed",
+        "failed",
+    )
+    assert steps["db"].error == "not attempted: the servers of web are still there"
+    assert len(project.server_ids()["aws"]) == 1  # db outlives the web server still on it
+
+    project.configure("upcloud", password=project.upcloud.config["password"])
+    again, _ = _destroy_collecting("wf-stuck")
+
+    assert again.ok, again
+    assert {step.operation_id for step in again.steps} == {"db", "web"}
+    assert project.server_ids() == {"aws": set(), "upcloud": set()}
 
 
 def test_a_later_failure_rolls_back_in_reverse_completion_order(project: Project) -> None:
