@@ -64,6 +64,20 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped")
 #: gains capacity within seconds, so a single retry is worth it and more only delays the failure.
 CAPACITY_MAX_ATTEMPTS = 2
 _CLIENT_TOKEN_MAX = 64
+#: ``spec.extra`` keys the driver translates into ``RunInstances`` parameters. Any other extra is
+#: passed to ``RunInstances`` as is (``EbsOptimized``, ``MetadataOptions``, ...), where botocore
+#: checks it against EC2's model: an unknown name fails at once, naming the parameter.
+EXTRA_PARAMETERS = {
+    "subnet_id": "SubnetId",
+    "key_name": "KeyName",
+    "security_group_ids": "SecurityGroupIds",
+    "user_data": "UserData",
+    "iam_instance_profile": "IamInstanceProfile",
+}
+#: ``RunInstances`` parameters the driver sets itself; an extra may not replace them.
+_MANAGED_PARAMETERS = frozenset(
+    {"ImageId", "InstanceType", "MinCount", "MaxCount", "ClientToken", "TagSpecifications"}
+)
 
 STATES: dict[str, ServerState] = {
     "pending": ServerState.pending,
@@ -179,6 +193,24 @@ def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
+def _run_parameters(extra: dict[str, Any]) -> dict[str, Any]:
+    """``RunInstances`` parameters from a spec's ``extra`` (see :data:`EXTRA_PARAMETERS`)."""
+    parameters: dict[str, Any] = {}
+    for name, value in extra.items():
+        parameter = EXTRA_PARAMETERS.get(name, name)
+        if parameter in _MANAGED_PARAMETERS:
+            raise PermanentProviderError(
+                f"params.extra.{name} would replace {parameter}, which the driver sets"
+                " (use image, size, zone or labels)",
+                provider=PROVIDER,
+                field=f"params.extra.{name}",
+            )
+        if parameter == "IamInstanceProfile" and isinstance(value, str):
+            value = {"Arn": value} if value.startswith("arn:") else {"Name": value}
+        parameters[parameter] = value
+    return parameters
+
+
 def _tags(record: dict[str, Any]) -> dict[str, str]:
     return {str(tag["Key"]): str(tag["Value"]) for tag in record.get("Tags") or []}
 
@@ -190,6 +222,7 @@ class AWSProvider(Provider):
     the usual chain: environment, shared files, instance role); ``endpoint_url`` (empty for AWS,
     else e.g. the moto sandbox); ``timeout`` (seconds: bounds :meth:`wait_for`, and caps each
     call's connect timeout at 10 s and read timeout at 60 s); ``max_concurrency`` (HTTP pool size).
+    A spec's ``extra`` adds ``RunInstances`` parameters (:data:`EXTRA_PARAMETERS`).
     """
 
     name: ClassVar[str] = PROVIDER
@@ -318,6 +351,7 @@ class AWSProvider(Provider):
         }
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         params: dict[str, Any] = {
+            **_run_parameters(spec.extra),
             "ImageId": spec.image,
             "InstanceType": spec.size or DEFAULT_INSTANCE_TYPE,
             "MinCount": 1,
@@ -326,7 +360,7 @@ class AWSProvider(Provider):
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list}],
         }
         if spec.zone:
-            params["Placement"] = {"AvailabilityZone": spec.zone}
+            params["Placement"] = {**params.get("Placement", {}), "AvailabilityZone": spec.zone}
         with _translated("RunInstances"):
             response = self._client.run_instances(**params)
         instance: dict[str, Any] = response["Instances"][0]

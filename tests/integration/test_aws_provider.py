@@ -192,6 +192,52 @@ def test_invalid_parameter_from_moto_is_permanent(aws_provider: AWSProvider) -> 
     assert caught.value.context["aws_code"] == "InvalidParameterValue"
 
 
+def test_extras_reach_run_instances(aws_provider: AWSProvider, moto_sandbox: MotoSandbox) -> None:
+    ec2 = boto3.client("ec2", endpoint_url=moto_sandbox.endpoint_url, region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.7.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="web", Description="web", VpcId=vpc)["GroupId"]
+    ec2.create_key_pair(KeyName="ops")
+    extra = {
+        "subnet_id": subnet,
+        "key_name": "ops",
+        "security_group_ids": [group],
+        "user_data": "#!/bin/sh\necho hi\n",
+        "EbsOptimized": True,  # not translated: passed to RunInstances as is
+    }
+
+    server = aws_provider.create_server(_spec(extra=extra), KEY)
+
+    instance = server.raw
+    assert (instance["SubnetId"], instance["KeyName"]) == (subnet, "ops")
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group]
+    assert instance["EbsOptimized"] is True
+    assert server.id in {i["InstanceId"] for i in _live_instances(moto_sandbox)}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"subnet": "subnet-1"},
+            'Unknown parameter in input: "subnet", must be one of:',
+        ),
+        (
+            {"ImageId": "ami-other"},
+            "params.extra.ImageId would replace ImageId, which the driver sets",
+        ),
+    ],
+)
+def test_a_bad_extra_fails_before_any_launch_naming_it(
+    aws_provider: AWSProvider, moto_sandbox: MotoSandbox, extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentProviderError) as caught:
+        aws_provider.create_server(_spec(extra=extra), KEY)
+    assert message in caught.value.message
+    assert "\n" not in str(caught.value)
+    assert _live_instances(moto_sandbox) == []
+
+
 def test_missing_image_fails_before_any_launch(
     aws_provider: AWSProvider, moto_sandbox: MotoSandbox
 ) -> None:
