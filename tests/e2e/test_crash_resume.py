@@ -329,3 +329,58 @@ def test_kill_9_then_resume_or_rollback_leaves_no_duplicate_and_no_orphan(
     )
     assert found_duplicates == 0
     assert found_orphans == 0
+
+
+def test_kill_9_during_rollback_then_rollback_again_finishes_the_undo(
+    cli_projects: ProjectFactory, sandboxes: Sandboxes
+) -> None:
+    """Killed while the emulator has deleted ``mid`` but its answer is held back: ``last`` is
+    undone and marked, ``mid`` is in flight, ``first`` untouched. A second rollback takes over
+    the dead run's lock, finds ``mid`` already gone, undoes ``first``, and redoes nothing."""
+    project = cli_projects("undo-crash")
+    workflow_id = "wf-undo-crash"
+    foreign = sandboxes.plant_foreign_servers()
+    spec = project.base / "chain.toml"
+    chain = {
+        "workflow_id": workflow_id,
+        "name": "chain",
+        "configuration": {"on_failure": "keep"},
+        "operations": [
+            {**create("db", "first"), "id": "first"},
+            {**create("web1", "mid"), "id": "mid"},
+            {**create("app", "last"), "id": "last"},
+        ],
+        "dependencies": {"mid": ["first"], "last": ["mid"]},
+    }
+    spec.write_text(tomli_w.dumps(chain))
+    created = project.run("run", str(spec), "--json")
+    assert created.returncode == 0, created.stdout + created.stderr
+
+    project.upcloud.hold(upcloud_call("DELETE", server_id=True))
+    process = project.start("rollback", workflow_id, log="rollback")
+    wait_until(
+        lambda: project.upcloud.held >= 1,
+        "the held delete of 'mid'",
+        process=process,
+        project=project,
+    )
+    project.kill(process)
+    project.release()
+    assert project.rollback_states(workflow_id) == {
+        "first": "pending",
+        "mid": "pending",
+        "last": "done",
+    }
+    assert project.lock_pid(workflow_id) == process.pid, "the dead run still holds the lock"
+
+    finished = project.run("rollback", workflow_id, "--json")
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    report = json.loads(finished.stdout)
+    assert [(step["operation_id"], step["status"]) for step in report["steps"]] == [
+        ("mid", "done"),
+        ("first", "done"),
+    ]
+    assert set(project.rollback_states(workflow_id).values()) == {"done"}
+    assert {server.id for server in sandboxes.servers()} == foreign
+    assert {r.state for r in project.resources(workflow_id)} == {"deleted"}
