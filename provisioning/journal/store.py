@@ -1,23 +1,12 @@
-"""The durable record of every workflow: what it is, what ran, what it created, how to undo it.
+"""The :class:`Journal`: every read and write of the workflow record, each its own transaction.
 
-Rollback and crash-safe resume both rest on this record, so it is written before and after every
-side effect and each write is its own short transaction, committed before the call returns: a
-process killed at any instant leaves the journal consistent and tells the next run exactly how far
-the last one got.
-
-The store is SQLite by default (one file in the state directory) and any SQL database SQLAlchemy
-can reach by URL otherwise. For SQLite the file runs in WAL mode (readers never block the writer),
-every write transaction starts with ``BEGIN IMMEDIATE`` (so two writers queue on the busy timeout
-instead of failing with "database is locked" when one upgrades a read lock), and writers of one
-process take turns on a mutex so threads do not spin in SQLite's busy handler. On other databases
-the writes that read before they write lock the workflow's row (``SELECT ... FOR UPDATE``).
-
-This module is core: it must never import Prefect, providers, tasks or flows.
+Writers of one process take turns on a mutex so threads do not spin in SQLite's busy handler. On
+other databases the writes that read before they write lock the workflow's row
+(``SELECT ... FOR UPDATE``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -27,12 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
-from pydantic_core import to_jsonable_python
-from sqlalchemy.engine import URL, Connection, Dialect, Engine, Row, make_url
+from sqlalchemy.engine import URL, Connection, Row, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
@@ -49,243 +36,30 @@ from provisioning.errors import (
     WorkflowLocked,
     WorkflowNotFound,
 )
+from provisioning.journal import tables
+from provisioning.journal.database import WRITE_OPTION, create_engine, is_memory
+from provisioning.journal.records import (
+    Checkpoint,
+    ErrorInput,
+    LockRecord,
+    OperationRecord,
+    OperationStatus,
+    ResourceRecord,
+    ResourceState,
+    RollbackEntry,
+    RollbackStatus,
+    WorkflowRecord,
+    WorkflowStatus,
+)
 
-__all__ = [
-    "Checkpoint",
-    "ErrorInput",
-    "Journal",
-    "LockRecord",
-    "OperationRecord",
-    "OperationStatus",
-    "ResourceRecord",
-    "ResourceState",
-    "RollbackEntry",
-    "RollbackStatus",
-    "WorkflowRecord",
-    "WorkflowStatus",
-]
-
-logger = logging.getLogger(__name__)
-
-WorkflowStatus = Literal[
-    "pending", "running", "succeeded", "failed", "rolled_back", "destroyed", "partial", "cancelled"
-]
-OperationStatus = Literal[
-    "pending", "intent", "running", "succeeded", "failed", "not_run", "rolled_back"
-]
-ResourceState = Literal["creating", "present", "deleted", "unknown"]
-RollbackStatus = Literal["pending", "done", "failed", "skipped"]
-
-#: What callers may pass as an ``error``: the envelope's error object, the exception itself, or
-#: just a message. All are stored as the envelope's ``{"code", "message", "details"}`` object.
-ErrorInput = Mapping[str, Any] | BaseException | str | None
+logger = logging.getLogger("provisioning.journal")
 
 _FINISHED_OPERATION = {"succeeded", "failed", "not_run", "rolled_back"}
-_WRITE_OPTION = "journal_write"
 _T = TypeVar("_T")
-
-
-# --------------------------------------------------------------------------------------- models
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class WorkflowRecord(_Record):
-    workflow_id: str
-    name: str
-    spec: dict[str, Any]
-    status: WorkflowStatus
-    flow_run_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    #: Bumped by ``Journal.new_generation``; part of the engine's cache keys so that a re-run after
-    #: a rollback creates things again instead of returning results of undone operations.
-    generation: int
-    error: dict[str, Any] | None
-
-
-class OperationRecord(_Record):
-    workflow_id: str
-    operation_id: str
-    kind: str
-    provider: str | None
-    key: str
-    status: OperationStatus
-    #: How many times an intent was recorded (1 on the first try; retries and resumes add one).
-    attempt: int
-    result: Any
-    error: dict[str, Any] | None
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class ResourceRecord(_Record):
-    id: int
-    workflow_id: str
-    operation_id: str
-    provider: str
-    resource_id: str
-    key: str
-    state: ResourceState
-    created_at: datetime
-    updated_at: datetime
-
-
-class RollbackEntry(_Record):
-    #: Push order: a higher id was pushed later and is undone earlier.
-    id: int
-    workflow_id: str
-    operation_id: str
-    action: dict[str, Any]
-    status: RollbackStatus
-    error: dict[str, Any] | None
-    pushed_at: datetime
-    done_at: datetime | None
-
-
-class LockRecord(_Record):
-    workflow_id: str
-    owner: str
-    pid: int
-    hostname: str
-    acquired_at: datetime
-    heartbeat_at: datetime
-
-
-class Checkpoint(_Record):
-    """How far a workflow got, in the seed's checkpoint shape.
-
-    ``step`` is the number of completed (succeeded) operations: with parallel waves there is no
-    single "current step", while a count is what a progress display and a resume report need.
-    ``current_state`` holds ``status`` (the workflow's) and ``operations`` (id -> status, in start
-    order); ``metadata`` holds ``name``, ``generation``, ``flow_run_id``, ``resource_count``
-    (resources not deleted) and ``rollback_depth`` (pending rollback entries).
-    """
-
-    workflow_id: str
-    step: int
-    completed_operations: list[str]
-    current_state: dict[str, Any]
-    metadata: dict[str, Any]
-    timestamp: datetime
-
-
-# --------------------------------------------------------------------------------------- schema
-
-
-class _UTCDateTime(sa.TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text, so we add UTC)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_metadata = sa.MetaData()
-_NAME = sa.String(255)
-_STATUS = sa.String(32)
-
-
-def _workflow_fk() -> sa.ForeignKey:
-    return sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE")
-
-
-_workflows = sa.Table(
-    "workflows",
-    _metadata,
-    sa.Column("workflow_id", _NAME, primary_key=True),
-    sa.Column("name", _NAME, nullable=False),
-    sa.Column("spec", sa.JSON, nullable=False),
-    sa.Column("status", _STATUS, nullable=False),
-    sa.Column("flow_run_id", sa.String(64)),
-    sa.Column("created_at", _UTCDateTime, nullable=False, index=True),
-    sa.Column("updated_at", _UTCDateTime, nullable=False),
-    sa.Column("generation", sa.Integer, nullable=False),
-    sa.Column("error", sa.JSON(none_as_null=True)),
-)
-
-_operations = sa.Table(
-    "operations",
-    _metadata,
-    sa.Column("workflow_id", _NAME, _workflow_fk(), primary_key=True),
-    sa.Column("operation_id", _NAME, primary_key=True),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("provider", sa.String(64)),
-    sa.Column("key", sa.String(512), nullable=False),
-    sa.Column("status", _STATUS, nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("result", sa.JSON(none_as_null=True)),
-    sa.Column("error", sa.JSON(none_as_null=True)),
-    sa.Column("started_at", _UTCDateTime),
-    sa.Column("finished_at", _UTCDateTime),
-)
-
-_resources = sa.Table(
-    "resources",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("workflow_id", _NAME, _workflow_fk(), nullable=False, index=True),
-    sa.Column("operation_id", _NAME, nullable=False),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("resource_id", _NAME, nullable=False),
-    sa.Column("key", sa.String(512), nullable=False, index=True),
-    sa.Column("state", _STATUS, nullable=False),
-    sa.Column("created_at", _UTCDateTime, nullable=False),
-    sa.Column("updated_at", _UTCDateTime, nullable=False),
-    sa.UniqueConstraint("provider", "resource_id"),
-    # Never reuse an id: a stale id must not address a newer row.
-    sqlite_autoincrement=True,
-)
-
-_rollback = sa.Table(
-    "rollback_stack",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("workflow_id", _NAME, _workflow_fk(), nullable=False, index=True),
-    sa.Column("operation_id", _NAME, nullable=False),
-    sa.Column("action", sa.JSON, nullable=False),
-    sa.Column("status", _STATUS, nullable=False),
-    sa.Column("error", sa.JSON(none_as_null=True)),
-    sa.Column("pushed_at", _UTCDateTime, nullable=False),
-    sa.Column("done_at", _UTCDateTime),
-    sqlite_autoincrement=True,
-)
-
-# No foreign key: a run may take the lock before it records the workflow.
-_locks = sa.Table(
-    "locks",
-    _metadata,
-    sa.Column("workflow_id", _NAME, primary_key=True),
-    sa.Column("owner", _NAME, nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("hostname", _NAME, nullable=False),
-    sa.Column("acquired_at", _UTCDateTime, nullable=False),
-    sa.Column("heartbeat_at", _UTCDateTime, nullable=False),
-)
-
-
-# -------------------------------------------------------------------------------------- helpers
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _dumps(value: Any) -> str:
-    # Lenient on purpose: datetimes, paths and models in results become their JSON form.
-    return json.dumps(value, default=to_jsonable_python, ensure_ascii=False)
 
 
 def _error_json(error: ErrorInput) -> dict[str, Any] | None:
@@ -330,51 +104,6 @@ def _is_zombie(pid: int) -> bool:
     return bool(fields) and fields[0] == "Z"
 
 
-def _is_memory(url: URL) -> bool:
-    return url.database in (None, "", ":memory:")
-
-
-def _create_engine(url: URL, busy_timeout: float) -> Engine:
-    if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, json_serializer=_dumps, pool_pre_ping=True)
-
-    memory = _is_memory(url)
-    database = url.database or ""
-    if not memory and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(
-        url,
-        json_serializer=_dumps,
-        connect_args={"timeout": busy_timeout, "check_same_thread": False},
-        # An in-memory database exists once per connection: share a single one.
-        poolclass=sa.StaticPool if memory else sa.QueuePool,
-    )
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let us issue BEGIN ourselves (below) instead of pysqlite's implicit deferred BEGIN.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        if not memory:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            # In WAL mode NORMAL keeps every commit through a killed process (what crash-safe
-            # resume needs) and only risks the last commits on power loss; FULL's fsync per
-            # commit made journal writes the engine's bottleneck (bench/README.md).
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get(_WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
-
-    return engine
-
-
-# -------------------------------------------------------------------------------------- journal
-
-
 class Journal:
     """The workflow journal on one database (``Journal(url)``; ``from_state_dir`` for SQLite).
 
@@ -401,24 +130,24 @@ class Journal:
                     f" {parsed.get_driver_name()!r}",
                     code="JOURNAL_URL_INVALID",
                 )
-            self._engine = _create_engine(parsed, busy_timeout)
+            self._engine = create_engine(parsed, busy_timeout)
         except (NoSuchModuleError, ImportError) as error:
             raise ConfigurationError(
                 f"journal database URL {self.url}: no such database driver ({error})",
                 code="JOURNAL_URL_INVALID",
             ) from error
         sqlite = parsed.get_backend_name() == "sqlite"
-        self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
+        self._writer = self._engine.execution_options(**{WRITE_OPTION: True})
         # Writers of one process take turns; an in-memory database also serialises readers.
         self._write_mutex: AbstractContextManager[Any] = (
             threading.Lock() if sqlite else nullcontext()
         )
         self._read_mutex: AbstractContextManager[Any] = (
-            self._write_mutex if sqlite and _is_memory(parsed) else nullcontext()
+            self._write_mutex if sqlite and is_memory(parsed) else nullcontext()
         )
         try:
             with self._write() as conn:
-                _metadata.create_all(conn)
+                tables.metadata.create_all(conn)
         except OperationalError as error:
             self._engine.dispose()
             raise ConfigurationError(
@@ -476,8 +205,8 @@ class Journal:
     def _lock_workflow(conn: Connection, workflow_id: str) -> None:
         """Serialise writers of one workflow (FOR UPDATE; SQLite's IMMEDIATE already does)."""
         found = conn.execute(
-            sa.select(_workflows.c.workflow_id)
-            .where(_workflows.c.workflow_id == workflow_id)
+            sa.select(tables.workflows.c.workflow_id)
+            .where(tables.workflows.c.workflow_id == workflow_id)
             .with_for_update()
         ).first()
         if found is None:
@@ -493,13 +222,13 @@ class Journal:
         def body(conn: Connection) -> None:
             now = _now()
             updated = conn.execute(
-                sa.update(_workflows)
-                .where(_workflows.c.workflow_id == workflow_id)
+                sa.update(tables.workflows)
+                .where(tables.workflows.c.workflow_id == workflow_id)
                 .values(name=name, spec=dict(spec), updated_at=now)
             ).rowcount
             if not updated:
                 conn.execute(
-                    sa.insert(_workflows).values(
+                    sa.insert(tables.workflows).values(
                         workflow_id=workflow_id,
                         name=name,
                         spec=dict(spec),
@@ -534,8 +263,8 @@ class Journal:
             values["flow_run_id"] = flow_run_id
         with self._write() as conn:
             updated = conn.execute(
-                sa.update(_workflows)
-                .where(_workflows.c.workflow_id == workflow_id)
+                sa.update(tables.workflows)
+                .where(tables.workflows.c.workflow_id == workflow_id)
                 .values(**values)
             ).rowcount
         if not updated:
@@ -545,7 +274,7 @@ class Journal:
     def get_workflow(self, workflow_id: str) -> WorkflowRecord | None:
         with self._read() as conn:
             row = conn.execute(
-                sa.select(_workflows).where(_workflows.c.workflow_id == workflow_id)
+                sa.select(tables.workflows).where(tables.workflows.c.workflow_id == workflow_id)
             ).first()
         return None if row is None else WorkflowRecord.model_validate(row._asdict())
 
@@ -559,34 +288,36 @@ class Journal:
         self, status: WorkflowStatus | None = None, limit: int = 50, offset: int = 0
     ) -> list[WorkflowRecord]:
         """Newest first."""
-        query = sa.select(_workflows).order_by(
-            _workflows.c.created_at.desc(), _workflows.c.workflow_id.desc()
+        query = sa.select(tables.workflows).order_by(
+            tables.workflows.c.created_at.desc(), tables.workflows.c.workflow_id.desc()
         )
         if status is not None:
-            query = query.where(_workflows.c.status == status)
+            query = query.where(tables.workflows.c.status == status)
         with self._read() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
         return [WorkflowRecord.model_validate(row._asdict()) for row in rows]
 
     def count_workflows(self, status: WorkflowStatus | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(_workflows)
+        query = sa.select(sa.func.count()).select_from(tables.workflows)
         if status is not None:
-            query = query.where(_workflows.c.status == status)
+            query = query.where(tables.workflows.c.status == status)
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
     def new_generation(self, workflow_id: str) -> int:
         """Start a new generation (after a rollback) and return its number."""
-        where = _workflows.c.workflow_id == workflow_id
+        where = tables.workflows.c.workflow_id == workflow_id
         with self._write() as conn:
             updated = conn.execute(
-                sa.update(_workflows)
+                sa.update(tables.workflows)
                 .where(where)
-                .values(generation=_workflows.c.generation + 1, updated_at=_now())
+                .values(generation=tables.workflows.c.generation + 1, updated_at=_now())
             ).rowcount
             if not updated:
                 raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
-            return int(conn.execute(sa.select(_workflows.c.generation).where(where)).scalar_one())
+            return int(
+                conn.execute(sa.select(tables.workflows.c.generation).where(where)).scalar_one()
+            )
 
     # ------------------------------------------------------------------------------ operations
 
@@ -596,10 +327,10 @@ class Journal:
         """Note that an operation is about to act, before it does; return the attempt number."""
         with self._write() as conn:
             self._lock_workflow(conn, workflow_id)
-            where = (_operations.c.workflow_id == workflow_id) & (
-                _operations.c.operation_id == operation_id
+            where = (tables.operations.c.workflow_id == workflow_id) & (
+                tables.operations.c.operation_id == operation_id
             )
-            previous = conn.execute(sa.select(_operations.c.attempt).where(where)).scalar()
+            previous = conn.execute(sa.select(tables.operations.c.attempt).where(where)).scalar()
             attempt = 1 if previous is None else int(previous) + 1
             values = {
                 "kind": kind,
@@ -614,12 +345,12 @@ class Journal:
             }
             if previous is None:
                 conn.execute(
-                    sa.insert(_operations).values(
+                    sa.insert(tables.operations).values(
                         workflow_id=workflow_id, operation_id=operation_id, **values
                     )
                 )
             else:
-                conn.execute(sa.update(_operations).where(where).values(**values))
+                conn.execute(sa.update(tables.operations).where(where).values(**values))
         return attempt
 
     def record_outcome(
@@ -643,13 +374,13 @@ class Journal:
         _check(status, OperationStatus, "operation status")
         finished = _now() if status in _FINISHED_OPERATION else None
         values = {"status": status, "result": result, "error": _error_json(error)}
-        where = (_operations.c.workflow_id == workflow_id) & (
-            _operations.c.operation_id == operation_id
+        where = (tables.operations.c.workflow_id == workflow_id) & (
+            tables.operations.c.operation_id == operation_id
         )
         with self._write() as conn:
             self._lock_workflow(conn, workflow_id)
             updated = conn.execute(
-                sa.update(_operations).where(where).values(finished_at=finished, **values)
+                sa.update(tables.operations).where(where).values(finished_at=finished, **values)
             ).rowcount
             if not updated:
                 if kind is None:
@@ -660,7 +391,7 @@ class Journal:
                         operation=operation_id,
                     )
                 conn.execute(
-                    sa.insert(_operations).values(
+                    sa.insert(tables.operations).values(
                         workflow_id=workflow_id,
                         operation_id=operation_id,
                         kind=kind,
@@ -674,15 +405,15 @@ class Journal:
                 )
             if rollback is not None:
                 self._push_rollback(conn, workflow_id, operation_id, rollback)
-            row = conn.execute(sa.select(_operations).where(where)).one()
+            row = conn.execute(sa.select(tables.operations).where(where)).one()
         return OperationRecord.model_validate(row._asdict())
 
     def get_operation(self, workflow_id: str, operation_id: str) -> OperationRecord | None:
         with self._read() as conn:
             row = conn.execute(
-                sa.select(_operations).where(
-                    (_operations.c.workflow_id == workflow_id)
-                    & (_operations.c.operation_id == operation_id)
+                sa.select(tables.operations).where(
+                    (tables.operations.c.workflow_id == workflow_id)
+                    & (tables.operations.c.operation_id == operation_id)
                 )
             ).first()
         return None if row is None else OperationRecord.model_validate(row._asdict())
@@ -697,9 +428,11 @@ class Journal:
     def _operation_rows(conn: Connection, workflow_id: str) -> list[Row[Any]]:
         return list(
             conn.execute(
-                sa.select(_operations)
-                .where(_operations.c.workflow_id == workflow_id)
-                .order_by(sa.nulls_last(_operations.c.started_at), _operations.c.operation_id)
+                sa.select(tables.operations)
+                .where(tables.operations.c.workflow_id == workflow_id)
+                .order_by(
+                    sa.nulls_last(tables.operations.c.started_at), tables.operations.c.operation_id
+                )
             ).all()
         )
 
@@ -708,8 +441,8 @@ class Journal:
         with self._write() as conn:
             self._lock_workflow(conn, workflow_id)
             return conn.execute(
-                sa.update(_operations)
-                .where(_operations.c.workflow_id == workflow_id)
+                sa.update(tables.operations)
+                .where(tables.operations.c.workflow_id == workflow_id)
                 .values(
                     status="pending",
                     attempt=0,
@@ -743,15 +476,16 @@ class Journal:
             self._lock_workflow(conn, workflow_id)
             now = _now()
             updated = conn.execute(
-                sa.update(_resources)
+                sa.update(tables.resources)
                 .where(
-                    (_resources.c.provider == provider) & (_resources.c.resource_id == resource_id)
+                    (tables.resources.c.provider == provider)
+                    & (tables.resources.c.resource_id == resource_id)
                 )
                 .values(state=state, updated_at=now)
             ).rowcount
             if not updated:
                 conn.execute(
-                    sa.insert(_resources).values(
+                    sa.insert(tables.resources).values(
                         workflow_id=workflow_id,
                         operation_id=operation_id,
                         provider=provider,
@@ -774,9 +508,10 @@ class Journal:
         _check(state, ResourceState, "resource state")
         with self._write() as conn:
             updated = conn.execute(
-                sa.update(_resources)
+                sa.update(tables.resources)
                 .where(
-                    (_resources.c.provider == provider) & (_resources.c.resource_id == resource_id)
+                    (tables.resources.c.provider == provider)
+                    & (tables.resources.c.resource_id == resource_id)
                 )
                 .values(state=state, updated_at=_now())
             ).rowcount
@@ -787,8 +522,9 @@ class Journal:
     def _require_resource(self, provider: str, resource_id: str) -> ResourceRecord:
         with self._read() as conn:
             row = conn.execute(
-                sa.select(_resources).where(
-                    (_resources.c.provider == provider) & (_resources.c.resource_id == resource_id)
+                sa.select(tables.resources).where(
+                    (tables.resources.c.provider == provider)
+                    & (tables.resources.c.resource_id == resource_id)
                 )
             ).first()
         if row is None:
@@ -803,13 +539,13 @@ class Journal:
         include_deleted: bool = False,
     ) -> list[ResourceRecord]:
         """Resources in the order they were recorded."""
-        query = sa.select(_resources).order_by(_resources.c.id)
+        query = sa.select(tables.resources).order_by(tables.resources.c.id)
         if workflow_id is not None:
-            query = query.where(_resources.c.workflow_id == workflow_id)
+            query = query.where(tables.resources.c.workflow_id == workflow_id)
         if provider is not None:
-            query = query.where(_resources.c.provider == provider)
+            query = query.where(tables.resources.c.provider == provider)
         if not include_deleted:
-            query = query.where(_resources.c.state != "deleted")
+            query = query.where(tables.resources.c.state != "deleted")
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [ResourceRecord.model_validate(row._asdict()) for row in rows]
@@ -821,9 +557,9 @@ class Journal:
         """
         with self._read() as conn:
             row = conn.execute(
-                sa.select(_resources)
-                .where((_resources.c.key == key) & (_resources.c.state != "deleted"))
-                .order_by(_resources.c.id.desc())
+                sa.select(tables.resources)
+                .where((tables.resources.c.key == key) & (tables.resources.c.state != "deleted"))
+                .order_by(tables.resources.c.id.desc())
                 .limit(1)
             ).first()
         return None if row is None else ResourceRecord.model_validate(row._asdict())
@@ -838,25 +574,29 @@ class Journal:
         """
         with self._read() as conn:
             attempt = conn.execute(
-                sa.select(_operations.c.attempt).where(
-                    (_operations.c.workflow_id == workflow_id)
-                    & (_operations.c.operation_id == operation_id)
+                sa.select(tables.operations.c.attempt).where(
+                    (tables.operations.c.workflow_id == workflow_id)
+                    & (tables.operations.c.operation_id == operation_id)
                 )
             ).scalar()
             if attempt is None or int(attempt) > 1:
                 return True
             live = conn.execute(
-                sa.select(_resources.c.id)
-                .where((_resources.c.key == key) & (_resources.c.state != "deleted"))
+                sa.select(tables.resources.c.id)
+                .where((tables.resources.c.key == key) & (tables.resources.c.state != "deleted"))
                 .limit(1)
             ).first()
         return live is not None
 
     def owned_keys(self, provider: str | None = None) -> set[str]:
         """Idempotency keys of every resource not deleted: what the orphan sweep must spare."""
-        query = sa.select(_resources.c.key).where(_resources.c.state != "deleted").distinct()
+        query = (
+            sa.select(tables.resources.c.key)
+            .where(tables.resources.c.state != "deleted")
+            .distinct()
+        )
         if provider is not None:
-            query = query.where(_resources.c.provider == provider)
+            query = query.where(tables.resources.c.provider == provider)
         with self._read() as conn:
             return set(conn.execute(query).scalars())
 
@@ -878,19 +618,19 @@ class Journal:
         if "type" not in action:
             raise ValueError(f"rollback action for {operation_id!r} has no 'type': {dict(action)}")
         pending = (
-            sa.select(_rollback.c.id)
+            sa.select(tables.rollback_stack.c.id)
             .where(
-                (_rollback.c.workflow_id == workflow_id)
-                & (_rollback.c.operation_id == operation_id)
-                & (_rollback.c.status == "pending")
+                (tables.rollback_stack.c.workflow_id == workflow_id)
+                & (tables.rollback_stack.c.operation_id == operation_id)
+                & (tables.rollback_stack.c.status == "pending")
             )
-            .order_by(_rollback.c.id)
+            .order_by(tables.rollback_stack.c.id)
             .limit(1)
         )
         existing = conn.execute(pending).scalar()
         if existing is None:
             conn.execute(
-                sa.insert(_rollback).values(
+                sa.insert(tables.rollback_stack).values(
                     workflow_id=workflow_id,
                     operation_id=operation_id,
                     action=dict(action),
@@ -908,12 +648,12 @@ class Journal:
     ) -> list[RollbackEntry]:
         """Entries with ``status`` (all if ``None``), top of the stack (last pushed) first."""
         query = (
-            sa.select(_rollback)
-            .where(_rollback.c.workflow_id == workflow_id)
-            .order_by(_rollback.c.id.desc())
+            sa.select(tables.rollback_stack)
+            .where(tables.rollback_stack.c.workflow_id == workflow_id)
+            .order_by(tables.rollback_stack.c.id.desc())
         )
         if status is not None:
-            query = query.where(_rollback.c.status == status)
+            query = query.where(tables.rollback_stack.c.status == status)
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [RollbackEntry.model_validate(row._asdict()) for row in rows]
@@ -926,11 +666,13 @@ class Journal:
         done_at = None if status == "pending" else _now()
         with self._write() as conn:
             conn.execute(
-                sa.update(_rollback)
-                .where(_rollback.c.id == entry_id)
+                sa.update(tables.rollback_stack)
+                .where(tables.rollback_stack.c.id == entry_id)
                 .values(status=status, error=_error_json(error), done_at=done_at)
             )
-            row = conn.execute(sa.select(_rollback).where(_rollback.c.id == entry_id)).first()
+            row = conn.execute(
+                sa.select(tables.rollback_stack).where(tables.rollback_stack.c.id == entry_id)
+            ).first()
         if row is None:
             raise ProvisioningError(
                 f"no rollback entry {entry_id} in the journal", code="ROLLBACK_ENTRY_NOT_FOUND"
@@ -941,7 +683,9 @@ class Journal:
         """Drop the workflow's whole stack (before a fresh run); return how many entries went."""
         with self._write() as conn:
             return conn.execute(
-                sa.delete(_rollback).where(_rollback.c.workflow_id == workflow_id)
+                sa.delete(tables.rollback_stack).where(
+                    tables.rollback_stack.c.workflow_id == workflow_id
+                )
             ).rowcount
 
     # ---------------------------------------------------------------------------------- locks
@@ -964,15 +708,18 @@ class Journal:
             heartbeat.stop()
             with self._write() as conn:
                 conn.execute(
-                    sa.delete(_locks).where(
-                        (_locks.c.workflow_id == workflow_id) & (_locks.c.owner == owner)
+                    sa.delete(tables.locks).where(
+                        (tables.locks.c.workflow_id == workflow_id)
+                        & (tables.locks.c.owner == owner)
                     )
                 )
 
     def lock_holder(self, workflow_id: str) -> LockRecord | None:
         """Who holds the workflow's lock row (alive or not), for status displays."""
         with self._read() as conn:
-            row = conn.execute(sa.select(_locks).where(_locks.c.workflow_id == workflow_id)).first()
+            row = conn.execute(
+                sa.select(tables.locks).where(tables.locks.c.workflow_id == workflow_id)
+            ).first()
         return None if row is None else LockRecord.model_validate(row._asdict())
 
     def _acquire(self, workflow_id: str, owner: str) -> LockRecord:
@@ -1000,9 +747,11 @@ class Journal:
             acquired_at=now,
             heartbeat_at=now,
         )
-        row = conn.execute(sa.select(_locks).where(_locks.c.workflow_id == workflow_id)).first()
+        row = conn.execute(
+            sa.select(tables.locks).where(tables.locks.c.workflow_id == workflow_id)
+        ).first()
         if row is None:
-            conn.execute(sa.insert(_locks).values(**mine.model_dump()))
+            conn.execute(sa.insert(tables.locks).values(**mine.model_dump()))
             return mine
         holder = LockRecord.model_validate(row._asdict())
         if not self._is_stale(holder, now):
@@ -1015,11 +764,11 @@ class Journal:
                 hostname=holder.hostname,
             )
         taken = conn.execute(
-            sa.update(_locks)
+            sa.update(tables.locks)
             .where(
-                (_locks.c.workflow_id == workflow_id)
-                & (_locks.c.owner == holder.owner)
-                & (_locks.c.heartbeat_at == holder.heartbeat_at)
+                (tables.locks.c.workflow_id == workflow_id)
+                & (tables.locks.c.owner == holder.owner)
+                & (tables.locks.c.heartbeat_at == holder.heartbeat_at)
             )
             .values(**mine.model_dump(exclude={"workflow_id"}))
         ).rowcount
@@ -1044,8 +793,11 @@ class Journal:
         with self._write() as conn:
             return bool(
                 conn.execute(
-                    sa.update(_locks)
-                    .where((_locks.c.workflow_id == workflow_id) & (_locks.c.owner == owner))
+                    sa.update(tables.locks)
+                    .where(
+                        (tables.locks.c.workflow_id == workflow_id)
+                        & (tables.locks.c.owner == owner)
+                    )
                     .values(heartbeat_at=_now())
                 ).rowcount
             )
@@ -1056,7 +808,7 @@ class Journal:
         """How far the workflow got, read in one consistent snapshot."""
         with self._read() as conn:
             row = conn.execute(
-                sa.select(_workflows).where(_workflows.c.workflow_id == workflow_id)
+                sa.select(tables.workflows).where(tables.workflows.c.workflow_id == workflow_id)
             ).first()
             if row is None:
                 raise WorkflowNotFound(f"no workflow {workflow_id!r} in the journal")
@@ -1067,15 +819,19 @@ class Journal:
             ]
             resource_count = conn.execute(
                 sa.select(sa.func.count())
-                .select_from(_resources)
+                .select_from(tables.resources)
                 .where(
-                    (_resources.c.workflow_id == workflow_id) & (_resources.c.state != "deleted")
+                    (tables.resources.c.workflow_id == workflow_id)
+                    & (tables.resources.c.state != "deleted")
                 )
             ).scalar_one()
             rollback_depth = conn.execute(
                 sa.select(sa.func.count())
-                .select_from(_rollback)
-                .where((_rollback.c.workflow_id == workflow_id) & (_rollback.c.status == "pending"))
+                .select_from(tables.rollback_stack)
+                .where(
+                    (tables.rollback_stack.c.workflow_id == workflow_id)
+                    & (tables.rollback_stack.c.status == "pending")
+                )
             ).scalar_one()
         completed = sorted(
             (op for op in operations if op.status == "succeeded" and op.finished_at is not None),
