@@ -7,13 +7,16 @@ instead of making a second one: the driver's ``create_server`` looks the key up 
 journal keeps the id. Only a first attempt, which the journal proves no provider has seen, skips
 that lookup (``create_new_server``). Whatever attempt fails last, the rollback stack already holds
 the delete.
+
+A delete by name of a server the workflow itself made takes the id from the journal; any other
+name is looked up at the provider and must match exactly one server.
 """
 
 from __future__ import annotations
 
 from contextlib import suppress
 
-from providers.base import PermanentProviderError, Provider, ResourceNotFound, ServerState
+from providers.base import PermanentProviderError, ResourceNotFound, ServerState
 from provisioning.envelope import ResourceInfo
 from provisioning.events import ResourceCreated, ResourceDeleted, emit
 from provisioning.rollback import DeleteResource
@@ -73,11 +76,33 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
     )
 
 
-def _select(provider: Provider, operation: ServerDeleteOperation) -> str | None:
+def _made_here(context: RunContext, provider: str, name: str) -> str | None:
+    """The live server that this workflow's one ``server.create`` of ``name`` on ``provider``
+    made, by the journal: deleting a server the workflow itself made needs no provider lookup."""
+    record = context.journal.get_workflow(context.workflow_id)
+    creates = [
+        operation["id"]
+        for operation in (record.spec.get("operations", []) if record is not None else [])
+        if operation.get("kind") == "server.create"
+        and operation.get("provider") == provider
+        and operation.get("params", {}).get("name") == name
+    ]
+    if len(creates) != 1:
+        return None
+    made = context.journal.resource_by_key(idempotency_key(context.workflow_id, creates[0]))
+    return made.resource_id if made is not None and made.provider == provider else None
+
+
+def _select(context: RunContext, operation: ServerDeleteOperation) -> str | None:
+    assert operation.provider is not None
     params = operation.params
     if params.server_id is not None:
         return params.server_id
     assert params.name is not None  # the spec requires exactly one of the two
+    made = _made_here(context, operation.provider, params.name)
+    if made is not None:
+        return made
+    provider = context.provider(operation.provider)
     matches = provider.find_by_name(params.name)
     if len(matches) > 1:
         ids = ", ".join(server.id for server in matches)
@@ -92,8 +117,7 @@ def _select(provider: Provider, operation: ServerDeleteOperation) -> str | None:
 def delete_server(context: RunContext, operation: ServerDeleteOperation) -> OperationOutput:
     """Delete a server; one that is already gone counts as deleted (the goal state holds)."""
     assert operation.provider is not None
-    provider = context.provider(operation.provider)
-    server_id = _select(provider, operation)
+    server_id = _select(context, operation)
     if server_id is None:
         return OperationOutput(output={"deleted": None, "already_absent": True})
     remove_server(context, operation.provider, server_id, operation.id)

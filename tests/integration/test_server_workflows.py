@@ -270,7 +270,11 @@ def test_a_later_failure_rolls_back_in_reverse_completion_order(project: Project
     }
 
 
-def test_server_delete_by_name(project: Project) -> None:
+def test_server_delete_by_name(project: Project, moto_sandbox: MotoSandbox) -> None:
+    """A name the workflow created resolves, by the journal, to the server it made (a namesake
+    made elsewhere survives); any other name is looked up at the provider."""
+    namesake = project.aws.create_server(ServerSpec(name="scratch-aws", image=AMI), "other/box")
+    legacy = project.aws.create_server(ServerSpec(name="legacy", image=AMI), "other/legacy")
     spec = workflow(
         "wf-delete",
         [
@@ -278,6 +282,7 @@ def test_server_delete_by_name(project: Project) -> None:
             server("box", "aws", "scratch-aws"),
             operation("drop-up", "server.delete", "upcloud", name="scratch-up"),
             operation("drop-box", "server.delete", "aws", name="scratch-aws"),
+            operation("drop-legacy", "server.delete", "aws", name="legacy"),
         ],
         {"drop-up": ["up"], "drop-box": ["box"]},
     )
@@ -287,8 +292,23 @@ def test_server_delete_by_name(project: Project) -> None:
     assert result.ok, result
     made = {op.id: op.output["server"]["id"] for op in result.result.operations if op.resources}
     deleted = {op.id: op.output["deleted"] for op in result.result.operations if not op.resources}
-    assert deleted == {"drop-up": made["up"], "drop-box": made["box"]}
-    assert project.server_ids() == {"aws": set(), "upcloud": set()}
+    assert deleted == {"drop-up": made["up"], "drop-box": made["box"], "drop-legacy": legacy.id}
+    assert project.server_ids() == {"aws": {namesake.id}, "upcloud": set()}
+
+
+def test_a_name_matching_several_servers_is_refused(project: Project) -> None:
+    twins = [
+        project.aws.create_server(ServerSpec(name="twin", image=AMI), f"other/twin-{n}")
+        for n in (1, 2)
+    ]
+    spec = workflow("wf-twins", [operation("drop", "server.delete", "aws", name="twin")])
+
+    result = run_workflow(spec)
+
+    drop = result.result.operation("drop")
+    assert drop.status == "failed" and drop.error is not None
+    assert drop.error.message.startswith("operation 'drop': provider 'aws': 2 servers are named")
+    assert project.server_ids()["aws"] == {twin.id for twin in twins}
 
 
 def test_transient_faults_are_retried_until_the_workflow_succeeds(
