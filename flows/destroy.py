@@ -34,6 +34,10 @@ def _must_go_first(graph: WorkflowGraph, operation_id: str) -> set[str]:
     return set(graph.upstream)
 
 
+def _still_there(operations: set[str]) -> str:
+    return f"the servers of {', '.join(sorted(operations))} are still there"
+
+
 def delete_owned(context: RunContext, workflow: Workflow) -> list[RollbackStep]:
     journal = context.journal
     graph = WorkflowGraph(workflow)
@@ -73,9 +77,7 @@ def delete_owned(context: RunContext, workflow: Workflow) -> list[RollbackStep]:
             resource.operation_id,
             actions[resource.id],
             states[resource.id],
-            blocked_by="the servers of "
-            + ", ".join(sorted(failed & _must_go_first(graph, resource.operation_id)))
-            + " are still there",
+            blocked_by=_still_there(failed & _must_go_first(graph, resource.operation_id)),
         )
         for resource in resources
     ]

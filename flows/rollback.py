@@ -41,7 +41,7 @@ def undo_workflow(
     flow_run_id = current_flow_run.id
     with journal.lock(workflow_id):
         context = RunContext(
-            workflow_id=workflow_id, config=config, journal=journal, flow_run_id=flow_run_id
+            workflow=workflow, config=config, journal=journal, flow_run_id=flow_run_id
         )
         with bind(context):
             adopted = adopt_in_flight(context, workflow)

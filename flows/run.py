@@ -124,9 +124,7 @@ def execute(
         workflow.workflow_id, workflow.name, workflow.model_dump(mode="json")
     )
     journal.set_workflow_status(workflow.workflow_id, "running", flow_run_id=flow_run_id)
-    context = RunContext(
-        workflow_id=workflow.workflow_id, config=config, journal=journal, flow_run_id=flow_run_id
-    )
+    context = RunContext(workflow=workflow, config=config, journal=journal, flow_run_id=flow_run_id)
     emit(
         WorkflowStarted(
             workflow_id=workflow.workflow_id,

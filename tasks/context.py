@@ -19,12 +19,13 @@ from providers.registry import get_provider
 from provisioning.config import Config
 from provisioning.errors import WorkflowError
 from provisioning.journal import Journal
+from provisioning.spec import Workflow
 from tasks.limits import LimitedProvider
 
 
 @dataclass
 class RunContext:
-    workflow_id: str
+    workflow: Workflow
     config: Config
     journal: Journal
     flow_run_id: str | None = None
@@ -32,6 +33,10 @@ class RunContext:
     #: (started, finished) of each operation that ran in this process.
     timings: dict[str, list[datetime]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def workflow_id(self) -> str:
+        return self.workflow.workflow_id
 
     def provider(self, name: str) -> Provider:
         """One limited driver per provider and run, so limits hold across operations."""

@@ -79,13 +79,12 @@ def create_server(context: RunContext, operation: ServerCreateOperation) -> Oper
 def _made_here(context: RunContext, provider: str, name: str) -> str | None:
     """The live server that this workflow's one ``server.create`` of ``name`` on ``provider``
     made, by the journal: deleting a server the workflow itself made needs no provider lookup."""
-    record = context.journal.get_workflow(context.workflow_id)
     creates = [
-        operation["id"]
-        for operation in (record.spec.get("operations", []) if record is not None else [])
-        if operation.get("kind") == "server.create"
-        and operation.get("provider") == provider
-        and operation.get("params", {}).get("name") == name
+        operation.id
+        for operation in context.workflow.operations
+        if isinstance(operation, ServerCreateOperation)
+        and operation.provider == provider
+        and operation.params.name == name
     ]
     if len(creates) != 1:
         return None
