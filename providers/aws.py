@@ -330,11 +330,7 @@ class AWSProvider(Provider):
     # -- changes -----------------------------------------------------------------------------
 
     def create_server(self, spec: ServerSpec, key: str) -> Server:
-        existing = self.find(key)
-        if existing is not None:
-            logger.debug("instance %s already carries key %s", existing.id, key)
-            return existing
-        return self.create_new_server(spec, key)
+        return self._existing_or_new(spec, key)
 
     def create_new_server(self, spec: ServerSpec, key: str) -> Server:
         if not spec.image:

@@ -8,6 +8,7 @@ permanent ones by class alone.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from enum import StrEnum
@@ -39,6 +40,8 @@ __all__ = [
     "ServerState",
     "TransientProviderError",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Label (tag) names that mark a server as ours; drivers may spell them as their API requires.
 KEY_LABEL = "provisioning-key"
@@ -98,6 +101,15 @@ class Provider(ABC):
     def create_server(self, spec: ServerSpec, key: str) -> Server:
         """Create a server carrying ``key``, or return the live one that already carries it;
         return as soon as the API accepted it."""
+
+    def _existing_or_new(self, spec: ServerSpec, key: str) -> Server:
+        """``create_server`` for a driver whose ``create_new_server`` is a plain create: the live
+        server carrying ``key`` if there is one, else a new one."""
+        existing = self.find(key)
+        if existing is not None:
+            logger.info("%s: server %s already carries key %s", self.name, existing.id, key)
+            return existing
+        return self.create_new_server(spec, key)
 
     def create_new_server(self, spec: ServerSpec, key: str) -> Server:
         """:meth:`create_server` for a key the caller knows no server can carry yet.

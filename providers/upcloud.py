@@ -313,11 +313,7 @@ class UpCloudProvider(Provider):
         return None
 
     def create_server(self, spec: ServerSpec, key: str) -> Server:
-        existing = self.find(key)
-        if existing is not None:
-            logger.info("upcloud: server %s already carries key %s", existing.id, key)
-            return existing
-        return self.create_new_server(spec, key)
+        return self._existing_or_new(spec, key)
 
     def create_new_server(self, spec: ServerSpec, key: str) -> Server:
         body = self._create_body(spec, key)

@@ -105,23 +105,21 @@ class LimitedProvider(Provider):
     def get_server(self, server_id: str) -> Server:
         return self._call("get_server", lambda: self.inner.get_server(server_id))
 
-    def create_server(self, spec: ServerSpec, key: str) -> Server:
+    def _change(self, method: str, call: Callable[[], T]) -> T:
+        """A call that changes servers: every cached read is stale after it, even a failed one."""
         try:
-            return self._call("create_server", lambda: self.inner.create_server(spec, key))
+            return self._call(method, call)
         finally:
             self.invalidate()
+
+    def create_server(self, spec: ServerSpec, key: str) -> Server:
+        return self._change("create_server", lambda: self.inner.create_server(spec, key))
 
     def create_new_server(self, spec: ServerSpec, key: str) -> Server:
-        try:
-            return self._call("create_new_server", lambda: self.inner.create_new_server(spec, key))
-        finally:
-            self.invalidate()
+        return self._change("create_new_server", lambda: self.inner.create_new_server(spec, key))
 
     def delete_server(self, server_id: str) -> None:
-        try:
-            self._call("delete_server", lambda: self.inner.delete_server(server_id))
-        finally:
-            self.invalidate()
+        self._change("delete_server", lambda: self.inner.delete_server(server_id))
 
     def wait_for(self, server_id: str, state: ServerState, timeout: float | None = None) -> Server:
         # The base class polls get_server, which goes through the limits above.
