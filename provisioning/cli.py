@@ -370,7 +370,7 @@ def sweep(
                 orphan.id,
                 orphan.name,
                 orphan.key or "",
-                "yes" if orphan.deleted else "",
+                "yes" if orphan.deleted else (f"no: {orphan.error}" if orphan.error else ""),
             )
         console.print(table)
         for name, problem in report.unreachable.items():
@@ -409,9 +409,10 @@ def extensions_list(as_json: JsonOption = False) -> None:
 @reports_errors
 def api(
     host: Annotated[
-        str, typer.Option(help="Address to bind (loopback unless a token is set).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9090,
+        str | None,
+        typer.Option(help="Address to bind (loopback unless a token is set) [default: api.host]."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: api.port].")] = None,
     set_: SetOption = None,
 ) -> None:
     """The REST API (needs a standing Prefect server: `provision up` starts everything)."""

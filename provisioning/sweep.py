@@ -21,6 +21,8 @@ class Orphan(BaseModel):
     name: str
     key: str | None
     deleted: bool = False
+    #: Why ``--delete`` could not delete it (the sweep goes on with the others).
+    error: str | None = None
 
 
 class SweepReport(BaseModel):
@@ -41,12 +43,16 @@ def find_orphans(
             driver = get_provider(name, config.provider(name))
             owned = journal.owned_keys(name)
             found = [s for s in driver.list_servers() if s.key is not None and s.key not in owned]
-            for server in found:
-                orphan = Orphan(provider=name, id=server.id, name=server.name, key=server.key)
-                if delete:
-                    driver.delete_server(server.id)
-                    orphan.deleted = True
-                report.orphans.append(orphan)
         except ProviderError as error:
             report.unreachable[name] = str(error)
+            continue
+        for server in found:
+            orphan = Orphan(provider=name, id=server.id, name=server.name, key=server.key)
+            if delete:
+                try:
+                    driver.delete_server(server.id)
+                    orphan.deleted = True
+                except ProviderError as error:
+                    orphan.error = str(error)
+            report.orphans.append(orphan)
     return report

@@ -589,16 +589,30 @@ class Journal:
         return live is not None
 
     def owned_keys(self, provider: str | None = None) -> set[str]:
-        """Idempotency keys of every resource not deleted: what the orphan sweep must spare."""
-        query = (
-            sa.select(tables.resources.c.key)
-            .where(tables.resources.c.state != "deleted")
-            .distinct()
+        """Idempotency keys the orphan sweep must spare.
+
+        Those of every resource not deleted, and those of operations a run may still adopt: an
+        intent with no outcome yet (a live run, or a killed one that ``resume`` will finish), and
+        a failed operation of a workflow kept for resume (its create may have reached the
+        provider before the answer was lost).
+        """
+        resources = sa.select(tables.resources.c.key).where(tables.resources.c.state != "deleted")
+        in_flight = (
+            sa.select(tables.operations.c.key)
+            .join(tables.workflows)
+            .where(
+                tables.operations.c.status.in_(("intent", "running"))
+                | (
+                    (tables.operations.c.status == "failed")
+                    & tables.workflows.c.status.in_(("running", "partial"))
+                )
+            )
         )
         if provider is not None:
-            query = query.where(tables.resources.c.provider == provider)
+            resources = resources.where(tables.resources.c.provider == provider)
+            in_flight = in_flight.where(tables.operations.c.provider == provider)
         with self._read() as conn:
-            return set(conn.execute(query).scalars())
+            return set(conn.execute(sa.union(resources, in_flight)).scalars())
 
     # -------------------------------------------------------------------------- rollback stack
 

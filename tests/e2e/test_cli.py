@@ -21,10 +21,12 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner, Result
 
+from providers.aws import AWSProvider
 from provisioning.cli import app
 from provisioning.journal import Journal
 from provisioning.sandbox.prefect_server import PrefectServer
 from provisioning.secrets import MASK
+from provisioning.spec import ServerSpec
 from tests.fixtures.workspace import BASE_SETTINGS, Workspace
 
 #: Wide enough that rich never wraps or truncates a line we look for.
@@ -206,6 +208,35 @@ def test_status_of_an_unknown_workflow_is_named(workspace: Workspace) -> None:
     assert "Traceback" not in result.output
 
 
+def test_sweep_lists_and_deletes_only_servers_no_journal_owns(
+    workspace: Workspace, aws_provider: AWSProvider, aws_config: dict[str, Any]
+) -> None:
+    workspace.configure({"providers": {"aws": aws_config}})
+    journal = Journal(workspace.journal_url)
+    journal.upsert_workflow("wf-live", "live", {})
+    journal.record_intent("wf-live", "web", kind="server.create", provider="aws", key="wf-live/web")
+    spec = ServerSpec(name="box", image="ami-0abcdef1234567890", size="t3.micro")
+    orphan = aws_provider.create_server(spec, "wf-gone/db")
+    in_flight = aws_provider.create_server(spec, "wf-live/web")
+
+    listed = invoke("sweep", "--provider", "aws", "--json")
+
+    assert listed.exit_code == 0, listed.output
+    found = json.loads(listed.stdout)
+    assert [(o["id"], o["key"], o["deleted"]) for o in found["orphans"]] == [
+        (orphan.id, "wf-gone/db", False)
+    ]
+    assert aws_provider.get_server(orphan.id).state != "deleted"
+
+    deleted = invoke("sweep", "--provider", "aws", "--delete")
+
+    assert deleted.exit_code == 0, deleted.output
+    assert "orphans: 1" in deleted.output and orphan.id in deleted.output
+    assert aws_provider.find("wf-gone/db") is None
+    survivor = aws_provider.find("wf-live/web")
+    assert survivor is not None and survivor.id == in_flight.id
+
+
 def test_version() -> None:
     from importlib.metadata import version
 
@@ -223,6 +254,7 @@ def test_version() -> None:
 PLAN_IMPORTS = """
 import json, sys
 from typer.testing import CliRunner, Result
+from providers.aws import AWSProvider
 from provisioning.cli import app
 from provisioning.journal import Journal
 result = CliRunner().invoke(app, ["plan", sys.argv[1]])

@@ -363,6 +363,29 @@ def test_resources_record_idempotently_and_filter(journal: Journal, workflow: st
         journal.set_resource_state("aws", "i-1", "gone")  # type: ignore[arg-type]
 
 
+def test_sweep_spares_keys_a_run_may_still_adopt(journal: Journal, workflow: str) -> None:
+    """An intent with no outcome (a live or killed run) and a failed create of a workflow kept
+    for resume may own a server the journal has no id for: the sweep must not delete it."""
+    journal.upsert_workflow("wf-done", "done", {})
+    for workflow_id, operation_id in [(workflow, "live"), (workflow, "lost"), ("wf-done", "old")]:
+        journal.record_intent(
+            workflow_id,
+            operation_id,
+            kind="server.create",
+            provider="aws",
+            key=f"{workflow_id}/{operation_id}",
+        )
+    journal.record_outcome(workflow, "lost", "failed", error="timed out")
+    journal.record_outcome("wf-done", "old", "failed", error="timed out")
+    journal.set_workflow_status(workflow, "partial")
+    journal.set_workflow_status("wf-done", "rolled_back")
+
+    assert journal.owned_keys("aws") == {f"{workflow}/live", f"{workflow}/lost"}
+    assert journal.owned_keys("upcloud") == set()
+    journal.set_workflow_status(workflow, "destroyed")
+    assert journal.owned_keys() == {f"{workflow}/live"}
+
+
 def test_resource_by_key_finds_the_newest_live_one(journal: Journal, workflow: str) -> None:
     assert journal.resource_by_key("wf-web/db") is None
     journal.record_resource(workflow, "db", provider="aws", resource_id="i-1", key="wf-web/db")
