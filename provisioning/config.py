@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.errors import ConfigurationError
-from provisioning.secrets import mask_secrets
+from provisioning.secrets import is_secret_key, mask_secrets
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config.defaults.toml"
 USER_FILE = "config.user.toml"
@@ -95,6 +95,13 @@ def parse_assignments(assignments: Iterable[str], source: str = "--set") -> Laye
         if not sep or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", dotted):
             raise ConfigurationError(
                 f"expected KEY=VALUE with a dotted key, got '{assignment}'", file=source
+            )
+        if is_secret_key(dotted) and raw.strip():
+            raise ConfigurationError(
+                f"'{dotted}' holds a secret and cannot be set with {source}: the value would be"
+                " recorded in Prefect's flow-run parameters and the shell's history; put it in"
+                " config.user.toml or the provider's environment variable",
+                file=source,
             )
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]

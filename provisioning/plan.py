@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 from provisioning.graph import WorkflowGraph
 from provisioning.rollback import ROLLBACK_BY_KIND
+from provisioning.secrets import mask_secrets
 from provisioning.spec import (
     CommandRunOperation,
     ConfigSetOperation,
@@ -60,7 +61,7 @@ def describe_operation(operation: Operation) -> str:
         return f"write {operation.params.path} ({size} bytes{mode})"
     if isinstance(operation, ConfigSetOperation):
         params = operation.params
-        return f"set {params.key} = {params.value!r} in {params.file}"
+        return f"set {params.key} = {mask_secrets(params.key, params.value)!r} in {params.file}"
     assert isinstance(operation, CommandRunOperation)
     return "run " + " ".join(operation.params.argv)
 

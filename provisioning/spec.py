@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provisioning.errors import WorkflowError
+from provisioning.secrets import is_secret_key
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 OperationKind = Literal["server.create", "server.delete", "file.write", "config.set", "command.run"]
@@ -143,6 +144,21 @@ class WorkflowConfiguration(_Strict):
     retry_jitter: float | None = Field(default=None, ge=0)
     #: Per-provider overrides of ``[providers.NAME]``, e.g. ``{"aws": {"region": "eu-west-1"}}``.
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("providers")
+    @classmethod
+    def _no_secrets(cls, providers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A spec is stored in the journal and sent as a Prefect flow-run parameter, where a
+        credential would be readable by anyone who can read runs."""
+        for name, settings in providers.items():
+            for key, value in settings.items():
+                if value and is_secret_key(key):
+                    raise ValueError(
+                        f"'{name}.{key}' holds a secret, which a workflow spec may not carry (it"
+                        " would be stored with the run); put it in config.user.toml or the"
+                        " provider's environment variable"
+                    )
+        return providers
 
     def overrides(self) -> dict[str, Any]:
         """These settings as a layer over the configuration (``engine.*``, ``providers.*``)."""

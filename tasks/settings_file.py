@@ -11,6 +11,7 @@ import tomli_w
 from provisioning.errors import OperationError
 from provisioning.events import ConfigurationChanged, emit
 from provisioning.rollback import RevertConfiguration
+from provisioning.secrets import mask_secrets
 from provisioning.spec import ConfigSetOperation
 from tasks.context import RunContext
 from tasks.files import write_atomically
@@ -91,7 +92,12 @@ def set_value(context: RunContext, operation: ConfigSetOperation) -> OperationOu
         file_existed=file_existed,
     )
     return OperationOutput(
-        output={"file": str(path), "key": params.key, "value": params.value}, rollback=undo
+        output={
+            "file": str(path),
+            "key": params.key,
+            "value": mask_secrets(params.key, params.value),
+        },
+        rollback=undo,
     )
 
 

@@ -434,3 +434,24 @@ def test_the_journal_records_the_outcome(workspace: Workspace) -> None:
     assert record.flow_run_id == result.result.flow_run_id
     stored = {op.operation_id: op.status for op in journal.operations(data["workflow_id"])}
     assert stored == {"ok": "succeeded", "ko": "failed"}
+
+
+def test_a_secret_set_into_a_file_is_masked_in_the_result_and_the_plan(
+    workspace: Workspace,
+) -> None:
+    from providers.registry import load_workflow
+    from provisioning.plan import make_plan
+    from provisioning.secrets import MASK
+
+    target = workspace.path("db.toml")
+    setting = {"file": str(target), "key": "db.password", "value": "pw-in-file-only"}
+    data = spec("secret", [{"id": "pw", "kind": "config.set", "params": setting}])
+
+    result = run_workflow(data)
+
+    assert result.status == "success"
+    assert 'password = "pw-in-file-only"' in target.read_text()
+    assert result.result.operations[0].output["value"] == MASK
+    assert "pw-in-file-only" not in result.model_dump_json()
+    plan = make_plan(load_workflow(data)).model_dump_json()
+    assert MASK in plan and "pw-in-file-only" not in plan

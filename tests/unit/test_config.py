@@ -404,6 +404,17 @@ def test_bad_set_syntax_is_named(assignment: str) -> None:
     assert str(caught.value) == f"--set: expected KEY=VALUE with a dotted key, got '{assignment}'"
 
 
+@pytest.mark.parametrize("dotted", ["api.token", "providers.upcloud.password"])
+def test_a_secret_cannot_be_set_on_the_command_line(dotted: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_assignments([f"{dotted}=hunter2"])
+
+    message = str(caught.value)
+    assert message.startswith(f"--set: '{dotted}' holds a secret and cannot be set with --set")
+    assert "config.user.toml" in message and "hunter2" not in message
+    assert parse_assignments([f"{dotted}="]).values  # clearing one reveals nothing
+
+
 def test_bad_set_syntax_stops_load_config(project: Path) -> None:
     with pytest.raises(ConfigurationError, match="expected KEY=VALUE"):
         load_config(project, overrides=["engine.parallelism"])

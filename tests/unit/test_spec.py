@@ -226,6 +226,17 @@ def test_an_unknown_field_is_named(data: dict[str, Any], expected: str) -> None:
     assert str(invalid(data)) == expected
 
 
+def test_a_credential_in_the_spec_is_refused_without_echoing_it() -> None:
+    data = spec_with([command("a")], configuration={"providers": {"upcloud": {"token": "t-42"}}})
+
+    message = str(invalid(data))
+
+    assert message.startswith(
+        "web.toml: field 'configuration.providers': 'upcloud.token' holds a secret"
+    )
+    assert "t-42" not in message
+
+
 def test_an_unknown_operation_kind_lists_the_known_ones() -> None:
     error = invalid(spec_with([{"id": "db", "kind": "server.explode", "params": {}}]))
 
