@@ -86,10 +86,11 @@ def workflow_status(api: httpx.Client, workflow_id: str) -> str:
 
 @pytest.fixture(scope="module")
 def finished_local(api_server: ApiProcess) -> dict[str, Any]:
-    """The example local workflow, submitted once and run to completion by the runner."""
+    """The example local workflow, submitted once on the seed's path and run to completion by
+    the runner (the cancel test submits on ``/workflows``)."""
     workflow_id = unique("wf-api-local")
     with api_server.client() as api:
-        response = api.post("/workflows", json=local_spec(workflow_id))
+        response = api.post("/workflows/submit", json=local_spec(workflow_id))
         assert response.status_code == 202, response.text
         submitted = envelope(response, "pending")["data"]
         wait_until(
@@ -118,11 +119,22 @@ def test_health_answers_without_a_token(api_server: ApiProcess) -> None:
         ({"Authorization": "Bearer"}, "AUTH_INVALID"),
     ],
 )
-@pytest.mark.parametrize("path", ["/workflows", "/providers", "/openapi.json", "/no-such-route"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/workflows"),
+        ("GET", "/providers"),
+        ("GET", "/openapi.json"),
+        ("GET", "/no-such-route"),
+        ("POST", "/workflows"),
+        ("POST", "/workflows/submit"),
+        ("DELETE", "/workflows/wf-any"),
+    ],
+)
 def test_every_route_but_health_refuses_a_missing_or_wrong_token(
-    api_server: ApiProcess, headers: dict[str, str], code: str, path: str
+    api_server: ApiProcess, headers: dict[str, str], code: str, method: str, path: str
 ) -> None:
-    response = httpx.get(f"{api_server.url}{path}", headers=headers)
+    response = httpx.request(method, f"{api_server.url}{path}", headers=headers, json={})
     error_of(response, 401, code)
     assert response.headers["WWW-Authenticate"] == "Bearer"
 

@@ -238,7 +238,7 @@ def embedded_project(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Pa
     env.pop("PREFECT_API_URL", None)
     (base / "config.user.toml").write_text(f"[api]\nport = {port}\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "provisioning.embedded"],
+        [sys.executable, "-m", "provisioning.cli", "up"],
         cwd=base,
         env=env,
         stdout=subprocess.PIPE,
@@ -255,8 +255,9 @@ def embedded_project(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_provision_up_starts_everything_and_stops_cleanly(
-    embedded_project: tuple[subprocess.Popen[str], Path, int],
+    embedded_project: tuple[subprocess.Popen[str], Path, int], stop: signal.Signals
 ) -> None:
     process, base, port = embedded_project
     record = base / ".provisioning" / "server.json"
@@ -275,7 +276,10 @@ def test_provision_up_starts_everything_and_stops_cleanly(
     deployment = httpx.get(f"{server['api_url']}/deployments/name/run-workflow/run-workflow")
     assert deployment.status_code == 200
 
-    process.send_signal(signal.SIGTERM)
+    if stop == signal.SIGINT:
+        os.killpg(process.pid, stop)  # Ctrl-C: the terminal signals the whole process group
+    else:
+        process.send_signal(stop)  # `kill`, a service manager: only the main process
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert f"http://127.0.0.1:{port}" in output and server["ui_url"] in output
