@@ -73,14 +73,32 @@ def _api_message(error: docker.errors.APIError) -> str:
     return _one_line(str(error.explanation or error))
 
 
-def _is_connection_failure(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) means the engine did not answer in time or at all."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what caused it, outermost first."""
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-            return True
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return False
+
+
+def _is_connection_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) means the engine did not answer in time or at all."""
+    return any(
+        isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+        for cause in _causes(error)
+    )
+
+
+def _engine_answer(error: BaseException) -> docker.errors.APIError | None:
+    """The engine's error answer behind ``error``, if there is one.
+
+    The SDK wraps the answer to its first call (the API version it asks for when a client is
+    made) in a plain ``DockerException``: its status must decide retry or fail all the same.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, docker.errors.APIError):
+            return cause
+    return None
 
 
 def translate_error(
@@ -105,16 +123,17 @@ def translate_error(
         and "no such container" in _api_message(error).lower()
     ):
         return ResourceNotFound(f"container {server_id or '?'} does not exist", **context)
-    if isinstance(error, docker.errors.APIError):
-        status = error.status_code or 0
+    answer = _engine_answer(error)
+    if answer is not None:
+        status = answer.status_code or 0
         if status >= 500 or status == 429:
             return TransientProviderError(
-                f"{action} failed with HTTP {status}: {_api_message(error)}",
+                f"{action} failed with HTTP {status}: {_api_message(answer)}",
                 status=status,
                 **context,
             )
         return PermanentProviderError(
-            f"{action} refused with HTTP {status}: {_api_message(error)}", status=status, **context
+            f"{action} refused with HTTP {status}: {_api_message(answer)}", status=status, **context
         )
     if _is_connection_failure(error):
         return TransientProviderError(

@@ -6,9 +6,11 @@ calls in flight (``max_concurrency``) and a token bucket caps their rate (``requ
 These are in-process limits; Prefect's global concurrency limits would need a server round trip per
 call and a limit object created ahead, for the same effect inside one flow run.
 
-Reads (``get_server``, ``list_servers``, ``find``) are cached for ``cache_ttl`` seconds because
-``wait_for`` loops repeat them; creates and deletes clear the cache.
-Prefect's task caching does not fit here: these reads happen inside a task, not as tasks.
+The lookups ``list_servers``, ``find`` and ``find_by_name`` are cached for ``cache_ttl`` seconds,
+so that the operations of one run asking the same question share one answer; creates and deletes
+(even failed ones) clear the cache. ``get_server`` is never cached: ``wait_for`` polls it to see a
+state change, and a cached answer would hide one. Prefect's task caching does not fit here: these
+reads happen inside a task, not as tasks.
 """
 
 from __future__ import annotations
