@@ -2,10 +2,12 @@
 
 The workflow has five servers on moto and the UpCloud emulator, some waiting on a ``gate``
 command and one (``app``) on two servers. ``provision run`` runs as a subprocess in its own
-process group and is SIGKILLed at one of three points, found from the outside:
+process group and is SIGKILLed at one of four points, found from the outside:
 
 * ``before``: the servers that wait for the gate have not been asked for (the gate command blocks
   until a file appears), while the independent ``cache`` server is done;
+* ``sent``: the creates of the servers behind the gate are on their way but held before they
+  reach the sandboxes, so the journal has an intent and the sandboxes have nothing;
 * ``during``: the sandboxes have created servers but their answers are held back by the proxy, so
   the journal has an intent and no resource id for them;
 * ``after``: the servers are created and journalled as ``creating``, and the first status poll of
@@ -159,6 +161,11 @@ def _after(project: CliProject, workflow_id: str) -> bool:
     return _held_on_both(project) and creating >= {"aws", "upcloud"}
 
 
+def _arm_sent(project: CliProject) -> None:
+    project.aws.hold(aws_call("RunInstances"), before_sandbox=True)
+    project.upcloud.hold(upcloud_call("POST", server_id=False), before_sandbox=True)
+
+
 def _arm_during(project: CliProject) -> None:
     project.aws.hold(aws_call("RunInstances"))
     project.upcloud.hold(upcloud_call("POST", server_id=False))
@@ -179,6 +186,7 @@ class KillPoint:
 
 KILL_POINTS = {
     "before": KillPoint("before", False, lambda project: None, _before),
+    "sent": KillPoint("sent", True, _arm_sent, lambda p, w: _held_on_both(p)),
     "during": KillPoint("during", True, _arm_during, lambda p, w: _held_on_both(p)),
     "after": KillPoint("after", True, _arm_after, _after),
 }
@@ -194,6 +202,8 @@ class Crash:
     creating: dict[str, int]
     #: Servers done before the kill (their operation succeeded).
     done: int
+    #: Operations that succeeded before the kill: a resume must reuse their stored results.
+    succeeded: set[str]
     #: Ids of every server of the workflow that existed at the kill.
     present: set[str]
 
@@ -245,11 +255,15 @@ def crashed(
         unjournalled=dict(Counter(s.provider for s in ours if s.key not in keys)),
         creating=dict(Counter(r.provider for r in journalled if r.state == "creating")),
         done=sum(1 for op in SERVERS if states.get(op) == "succeeded"),
+        succeeded={op for op, state in states.items() if state == "succeeded"},
         present={server.id for server in ours},
     )
     if point.name == "before":
         assert {server.key for server in ours} == {f"{workflow_id}/cache"}
         assert all(op not in states for op in ("db", "web1", "web2", "app"))
+    if point.name == "sent":
+        assert left.unjournalled == {} and left.creating == {}, "no create reached a sandbox"
+        assert states.get("db") == "intent" and "intent" in {states.get("web1"), states.get("web2")}
     if point.name == "during":
         assert set(left.unjournalled) == {"aws", "upcloud"}, "a create in flight on each sandbox"
     if point.name == "after":
@@ -318,6 +332,7 @@ def test_kill_9_then_resume_or_rollback_leaves_no_duplicate_and_no_orphan(
     assert [r for r in undone_project.resources(undone_id) if r.state != "deleted"] == []
     found_duplicates, found_orphans = duplicates(servers), orphans(resumed_project, servers)
     reused = sum(1 for op in result["operations"] if op["reused"])
+    assert {op["id"] for op in result["operations"] if op["reused"]} == crashes[0].succeeded
     print(
         f"\nkill -9 '{point}':"
         f"\n  resume   ({crashes[0]}): reused {reused} stored results;"
