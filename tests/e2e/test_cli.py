@@ -493,3 +493,49 @@ def test_status_shows_operations_with_prefect_states(runs: Runs) -> None:
     assert rows["prepare"][:5] == ["prepare", "command.run", "succeeded", "Completed", "1"]
     assert rows["broken"][:5] == ["broken", "command.run", "failed", "Failed", "1"]
     assert "command exited with status 1" in rows["broken"][5]
+
+
+@pytest.mark.slow
+def test_status_shows_resources_and_the_stack_then_destroy_deletes_the_server(
+    runs: Runs, aws_provider: AWSProvider, aws_config: dict[str, Any]
+) -> None:
+    project = runs.project
+    project.workspace.configure({"providers": {"aws": aws_config}})
+    workflow_id = f"wf-cli-destroy-{uuid.uuid4().hex[:8]}"
+    server = {"name": "db-destroy", "image": "ami-0abcdef1234567890", "size": "t3.micro"}
+    spec = write_spec(
+        project.workspace.base,
+        "destroy.toml",
+        {
+            "workflow_id": workflow_id,
+            "name": "cli-destroy",
+            "operations": [
+                {"id": "db", "kind": "server.create", "provider": "aws", "params": server},
+                {"id": "note", "kind": "file.write", "params": {"path": "note", "content": "x"}},
+            ],
+            "dependencies": {"note": ["db"]},
+        },
+    )
+    assert (ran := project.provision("run", str(spec))).returncode == 0, ran.stderr
+    instance = aws_provider.find(f"{workflow_id}/db")
+    assert instance is not None
+
+    shown = project.provision("status", workflow_id, "--no-prefect")
+
+    assert shown.returncode == 0, shown.stderr
+    _, _, after_operations = shown.stdout.partition("resources")
+    resources, _, stack = after_operations.partition("rollback stack (top first)")
+    assert table_rows(resources)["db"] == ["db", "aws", instance.id, "present"]
+    stack_rows = [cells[0] for cells in table_rows(stack).values()]
+    assert stack_rows == ["note", "db"]  # newest first: note completed after db
+
+    destroyed = project.provision("destroy", workflow_id)
+
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert aws_provider.find(f"{workflow_id}/db") is None
+    assert aws_provider.get_server(instance.id).state == "deleted"
+    states = [
+        r.state
+        for r in Journal(project.workspace.journal_url).resources(workflow_id, include_deleted=True)
+    ]
+    assert states == ["deleted"]
