@@ -51,6 +51,14 @@ SetOption = Annotated[
     typer.Option("--set", help="Override a setting for this run: section.key=value (repeatable)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+SpecArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="SPEC",
+        help="A workflow file, or EXTENSION:WORKFLOW offered by an active extension.",
+        show_default=False,
+    ),
+]
 
 
 def reports_errors(command: F) -> F:
@@ -82,6 +90,19 @@ def _config(overrides: list[str] | None = None, env: str | None = None) -> Confi
     return config
 
 
+def _spec_file(spec: str) -> Path:
+    """The file ``spec`` names: itself, or the one an active extension offers as ``EXT:NAME``.
+
+    A file of that name wins, so no existing path changes meaning.
+    """
+    from provisioning.extensions import is_workflow_reference, resolve_workflow
+
+    path = Path(spec)
+    if path.exists() or not is_workflow_reference(spec):
+        return path
+    return resolve_workflow(spec)
+
+
 def _prefect(config: Config, *, require_standing: bool = False) -> None:
     from provisioning.runtime import prepare_prefect
 
@@ -105,14 +126,14 @@ def version() -> None:
 
 @app.command()
 @reports_errors
-def plan(spec: Path, as_json: JsonOption = False) -> None:
+def plan(spec: SpecArgument, as_json: JsonOption = False) -> None:
     """Validate a workflow and show its waves and what each operation will do."""
     from providers.registry import load_workflow
     from provisioning.console import plan_table
     from provisioning.plan import make_plan
 
     _config()
-    planned = make_plan(load_workflow(spec))
+    planned = make_plan(load_workflow(_spec_file(spec)))
     if as_json:
         _print_json(planned.model_dump(mode="json"))
         return
@@ -123,7 +144,7 @@ def plan(spec: Path, as_json: JsonOption = False) -> None:
 @app.command()
 @reports_errors
 def run(
-    spec: Path,
+    spec: SpecArgument,
     parallelism: Annotated[
         int | None, typer.Option(min=1, help="Operations at once (overrides the spec).")
     ] = None,
@@ -137,7 +158,7 @@ def run(
     from providers.registry import load_workflow
 
     config = _config(set_)
-    workflow = load_workflow(spec)
+    workflow = load_workflow(_spec_file(spec))
     _prefect(config)
     from flows.run import run_workflow
     from provisioning.console import event_log, live_progress, print_result
@@ -381,28 +402,25 @@ def sweep(
 @extensions_app.command("list")
 @reports_errors
 def extensions_list(as_json: JsonOption = False) -> None:
-    """Extensions found: name, version, type, valid, compatible, and why not."""
-    from provisioning.extensions import discover
+    """Extensions found: name, version, type, valid, compatible, why not, and what each adds."""
+    from provisioning.console import extensions_table
+    from provisioning.extensions import contribution, discover
 
     config = _config()
     found = discover([Path(str(path)) for path in config.get("extensions.paths", [])])
+    rows = [(info, contribution(info)) for info in found]
     if as_json:
-        _print_json([info.model_dump(mode="json") for info in found])
-        return
-    table = Table(title=f"extensions: {len(found)}")
-    for column in ("name", "version", "type", "valid", "compatible", "problems"):
-        table.add_column(column)
-    for info in found:
-        manifest = info.manifest
-        table.add_row(
-            manifest.name if manifest else info.path.name,
-            manifest.version if manifest else "",
-            manifest.type if manifest else "",
-            "yes" if info.valid else "[red]no[/red]",
-            "yes" if info.compatible else "[red]no[/red]",
-            "; ".join(info.problems),
+        _print_json(
+            [
+                {
+                    **info.model_dump(mode="json"),
+                    "provides": provides.model_dump(mode="json") if provides else None,
+                }
+                for info, provides in rows
+            ]
         )
-    console.print(table)
+        return
+    console.print(extensions_table(rows))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from provisioning.events import (
     SystemEvent,
     bus,
 )
+from provisioning.extensions import Contribution, ExtensionInfo
 from provisioning.plan import Plan
 from provisioning.spec import Workflow
 
@@ -108,6 +109,35 @@ def print_result(console: Console, result: WorkflowResult) -> None:
         )
 
 
+def extensions_table(rows: list[tuple[ExtensionInfo, Contribution | None]]) -> Table:
+    """One row per extension found, with what it adds when active (``provision extensions
+    list``)."""
+    table = Table(title=f"extensions: {len(rows)}")
+    for column in ("name", "version", "type", "valid", "compatible", "provides", "problems"):
+        table.add_column(column)
+    for info, provides in rows:
+        manifest = info.manifest
+        table.add_row(
+            info.name,
+            manifest.version if manifest else "",
+            manifest.type if manifest else "",
+            "yes" if info.valid else Text("no", style="red"),
+            "yes" if info.compatible else Text("no", style="red"),
+            _provides(provides),
+            Text("; ".join(info.problems)),  # text, not markup: a path may hold "[...]"
+        )
+    return table
+
+
+def _provides(provides: Contribution | None) -> str:
+    if provides is None:
+        return "-"  # not active: it adds nothing
+    parts = [f"provider {provides.provider}"] if provides.provider else []
+    if provides.workflows:
+        parts.append("workflows " + ", ".join(sorted(provides.workflows)))
+    return "; ".join(parts) or "-"
+
+
 class ProgressView:
     """Live table of operation states, fed by the event bus from the run's worker threads."""
 
@@ -178,7 +208,7 @@ def event_log(console: Console, workflow_id: str) -> Iterator[None]:
         details = " ".join(
             f"{key}={value}"
             for key, value in payload.items()
-            if key not in {"workflow_id", "flow_run_id", "event_id", "occurred"}
+            if key not in {"kind", "workflow_id", "flow_run_id", "event_id", "occurred"}
             and value is not None
         )
         console.print(

@@ -16,7 +16,9 @@
     [compatibility]
     provisioning = ">=0.1,<1"
 
-A *workflow* extension lists ``workflows = ["workflows/x.toml"]``; a *hook* extension names a
+A *workflow* extension lists ``workflows = ["workflows/x.toml"]`` (any extension may): once
+active, each is offered as ``EXTENSION:STEM`` (``starter:hello``), which ``provision plan`` and
+``provision run`` accept in place of a file (:func:`resolve_workflow`). A *hook* extension names a
 function ``hook = "module:function"`` that is called with every :class:`SystemEvent` (or only the
 kinds in ``events = [...]``); its module's ``activate()`` / ``deactivate()`` run if present.
 
@@ -46,18 +48,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from provisioning.config import Config
-from provisioning.errors import ConfigurationError
+from provisioning.errors import ConfigurationError, WorkflowNotFound
 
 __all__ = [
     "MANIFEST",
+    "Contribution",
     "ExtensionInfo",
     "Manifest",
     "activate",
     "activate_all",
     "active_extensions",
+    "contribution",
     "deactivate",
     "discover",
     "inspect_extension",
+    "is_workflow_reference",
+    "offered_workflows",
+    "resolve_workflow",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +76,8 @@ _TYPES = tuple(_REQUIRED_ENTRY_POINT)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: ``EXTENSION:WORKFLOW``: an extension name, then the stem of one of its workflow files.
+_WORKFLOW_REFERENCE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def _check_reference(value: str) -> str:
@@ -185,6 +194,19 @@ class ExtensionInfo(BaseModel):
             return []
         return [self.path / item for item in self.manifest.entry_points.workflows]
 
+    def workflow_references(self) -> dict[str, Path]:
+        """``EXTENSION:STEM`` of each shipped workflow file, and the file."""
+        return {f"{self.name}:{path.stem}": path for path in self.workflow_files()}
+
+
+class Contribution(BaseModel):
+    """What an active extension plugged in."""
+
+    #: The provider name it registered, if it is a provider extension.
+    provider: str | None = None
+    #: ``EXTENSION:STEM`` -> spec file, for each workflow it offers.
+    workflows: dict[str, Path] = Field(default_factory=dict)
+
 
 # ------------------------------------------------------------------------------------ discovery
 
@@ -262,10 +284,15 @@ def _entry_point_problems(root: Path, manifest: Manifest) -> list[tuple[str, str
             found = _module_file(root, reference.partition(":")[0])
             if isinstance(found, str):
                 problems.append((f"entry_points.{key}", found))
+    stems: dict[str, str] = {}
     for index, relative in enumerate(entry_points.workflows):
         why = _inside(root, relative)
+        stem = Path(relative).stem
+        if why is None and stem in stems:
+            why = f"'{relative}' has the same name '{stem}' as '{stems[stem]}'"
         if why is not None:
             problems.append((f"entry_points.workflows.{index}", why))
+        stems.setdefault(stem, relative)
     if entry_points.events:
         from provisioning.events import EVENT_KINDS
 
@@ -343,6 +370,7 @@ class _Activation:
     info: ExtensionInfo
     modules: list[str]
     undo: list[Callable[[], None]]
+    contribution: Contribution
 
 
 _active: dict[str, _Activation] = {}
@@ -431,6 +459,7 @@ def _activate_provider(info: ExtensionInfo, manifest: Manifest, activation: _Act
         )
     register(name, provider_class)
     activation.undo.append(lambda: unregister(name))
+    activation.contribution.provider = name
 
 
 def _activate_hook(info: ExtensionInfo, manifest: Manifest, activation: _Activation) -> None:
@@ -485,7 +514,13 @@ def activate(info: ExtensionInfo) -> None:
     if info.name in _active:
         return
     manifest = info.manifest
-    activation = _Activation(info=info, modules=[], undo=[])
+    # Workflows are data: offering them is recording where they are (read when planned).
+    activation = _Activation(
+        info=info,
+        modules=[],
+        undo=[],
+        contribution=Contribution(workflows=info.workflow_references()),
+    )
     try:
         if manifest.type == "provider":
             _activate_provider(info, manifest, activation)
@@ -519,6 +554,43 @@ def deactivate(info: ExtensionInfo) -> None:
 
 def active_extensions() -> list[ExtensionInfo]:
     return [activation.info for activation in _active.values()]
+
+
+def contribution(info: ExtensionInfo) -> Contribution | None:
+    """What ``info`` plugged in, or None if it (this directory of that name) is not active."""
+    activation = _active.get(info.name)
+    if activation is None or activation.info.path.resolve() != info.path.resolve():
+        return None
+    return activation.contribution
+
+
+def offered_workflows() -> dict[str, Path]:
+    """Every ``EXTENSION:STEM`` the active extensions offer, and its spec file."""
+    return {
+        reference: path
+        for activation in _active.values()
+        for reference, path in activation.contribution.workflows.items()
+    }
+
+
+def is_workflow_reference(value: str) -> bool:
+    """Whether ``value`` looks like ``EXTENSION:WORKFLOW`` rather than a file path."""
+    return _WORKFLOW_REFERENCE.match(value) is not None
+
+
+def resolve_workflow(reference: str) -> Path:
+    """The spec file an active extension offers as ``reference`` (``starter:hello``).
+
+    Raises :class:`WorkflowNotFound` (``WORKFLOW_NOT_FOUND``, exit code 2) naming every
+    reference that is known.
+    """
+    offered = offered_workflows()
+    if reference in offered:
+        return offered[reference]
+    known = ", ".join(sorted(offered)) or "none: no active extension offers workflows"
+    raise WorkflowNotFound(
+        f"no file '{reference}' and no extension workflow of that name (known: {known})"
+    )
 
 
 def activate_all(paths: Iterable[Path | str]) -> list[ExtensionInfo]:

@@ -8,12 +8,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from flows.destroy import destroy_workflow_flow
 from flows.drift import drift_check_flow
 from flows.run import run_workflow
 from providers.registry import get_provider
+from provisioning.cli import app
 from provisioning.extensions import active_extensions, deactivate
+from tests.fixtures.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,3 +95,13 @@ def test_drift_check_sees_an_extension_providers_server_go_missing(
     provider.delete_server(resource.resource_id)  # gone behind the journal's back
     drifted = drift_check_flow(workflow_id, overrides)
     assert [(d.operation_id, d.drift) for d in drifted.drifted] == [("worker", "missing")]
+
+
+def test_the_example_workflow_extension_runs_by_reference(workspace: Workspace) -> None:
+    workspace.configure({"extensions": {"paths": [str(REPO / "extensions")]}})
+
+    result = CliRunner().invoke(app, ["run", "starter:hello"], env={"COLUMNS": "250"})
+
+    assert result.exit_code == 0, result.output
+    assert (workspace.base / "hello.txt").read_text() == "hello from the starter extension\n"
+    assert "success 2 operations, 0 resources" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -12,9 +13,20 @@ import pytest
 
 from providers.registry import get_provider, provider_names
 from provisioning import extensions
-from provisioning.errors import ConfigurationError
+from provisioning.errors import ConfigurationError, WorkflowNotFound
 from provisioning.events import EventBus, Subscription, WorkflowCompleted, WorkflowStarted
-from provisioning.extensions import ExtensionInfo, activate, activate_all, deactivate, discover
+from provisioning.extensions import (
+    Contribution,
+    ExtensionInfo,
+    activate,
+    activate_all,
+    contribution,
+    deactivate,
+    discover,
+    is_workflow_reference,
+    offered_workflows,
+    resolve_workflow,
+)
 
 CURRENT = version("provisioning")
 
@@ -80,6 +92,16 @@ def make_extension(
         (path / relative).parent.mkdir(parents=True, exist_ok=True)
         (path / relative).write_text(content)
     return path
+
+
+def workflow_extension(
+    root: Path, files: dict[str, str], *, name: str = "flows", listed: list[str] | None = None
+) -> Path:
+    """A workflow extension shipping ``files``; it lists ``listed`` (default: those files)."""
+    workflows = f"workflows = {json.dumps(list(files) if listed is None else listed)}"
+    return make_extension(
+        root, name, manifest(name, kind="workflow", entry_points=workflows), files=files
+    )
 
 
 def only(root: Path) -> ExtensionInfo:
@@ -250,12 +272,10 @@ def test_the_same_name_twice_makes_the_later_one_invalid(tmp_path: Path) -> None
 
 
 def test_workflow_files_must_exist_inside_the_extension(tmp_path: Path) -> None:
-    workflows = 'workflows = ["workflows/web.toml", "../web.toml"]'
-    path = make_extension(
+    path = workflow_extension(
         tmp_path,
-        "flows",
-        manifest("flows", kind="workflow", entry_points=workflows),
-        files={"workflows/web.toml": 'name = "web"\n'},
+        {"workflows/web.toml": 'name = "web"\n'},
+        listed=["workflows/web.toml", "../web.toml"],
     )
 
     info = only(tmp_path)
@@ -267,7 +287,73 @@ def test_workflow_files_must_exist_inside_the_extension(tmp_path: Path) -> None:
     assert info.workflow_files()[0] == path / "workflows" / "web.toml"
 
 
+def test_two_workflow_files_with_the_same_name_are_refused(tmp_path: Path) -> None:
+    path = workflow_extension(
+        tmp_path, {"a/web.toml": 'name = "a"\n', "b/web.toml": 'name = "b"\n'}
+    )
+
+    assert only(tmp_path).problems == [
+        f"{path}/extension.toml: field 'entry_points.workflows.1': 'b/web.toml' has the same "
+        "name 'web' as 'a/web.toml'"
+    ]
+
+
 # ------------------------------------------------------------------------------------ lifecycle
+
+
+def workflow_pack(root: Path) -> ExtensionInfo:
+    files = {"workflows/web.toml": 'name = "web"\n', "workflows/db.prod.toml": 'name = "db"\n'}
+    workflow_extension(root, files, name="pack")
+    return only(root)
+
+
+def test_an_active_workflow_extension_offers_its_workflows_until_deactivated(
+    tmp_path: Path,
+) -> None:
+    info = workflow_pack(tmp_path)
+    shipped = tmp_path / "pack" / "workflows"
+    web, db = shipped / "web.toml", shipped / "db.prod.toml"
+    assert offered_workflows() == {}
+
+    activate(info)
+
+    assert offered_workflows() == {"pack:web": web, "pack:db.prod": db}
+    assert contribution(info) == Contribution(workflows={"pack:web": web, "pack:db.prod": db})
+    assert resolve_workflow("pack:db.prod") == db
+
+    deactivate(info)
+
+    assert offered_workflows() == {}
+    assert contribution(info) is None
+    with pytest.raises(WorkflowNotFound, match="known: none: no active extension offers"):
+        resolve_workflow("pack:web")
+
+
+def test_an_unknown_workflow_reference_names_the_known_ones(tmp_path: Path) -> None:
+    activate(workflow_pack(tmp_path))
+
+    with pytest.raises(WorkflowNotFound) as unknown:
+        resolve_workflow("pack:mail")
+
+    assert str(unknown.value) == (
+        "no file 'pack:mail' and no extension workflow of that name (known: pack:db.prod, pack:web)"
+    )
+    assert (unknown.value.code, unknown.value.exit_code) == ("WORKFLOW_NOT_FOUND", 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("starter:hello", True),
+        ("my-pack:web.prod", True),
+        ("web.toml", False),
+        ("specs/a:b.toml", False),
+        (":web", False),
+        ("pack:", False),
+    ],
+)
+def test_what_counts_as_a_workflow_reference(value: str, expected: bool) -> None:
+    assert is_workflow_reference(value) is expected
 
 
 def test_activating_a_provider_extension_registers_it_and_deactivating_removes_it(
@@ -284,6 +370,7 @@ def test_activating_a_provider_extension_registers_it_and_deactivating_removes_i
     activate(info)  # a second activation is harmless
 
     assert "dummy-cloud" in provider_names()
+    assert contribution(info) == Contribution(provider="dummy-cloud")
     provider = get_provider("dummy-cloud", {"timeout": 7})
     assert type(provider).__name__ == "DummyProvider"
     assert provider.timeout == 7
@@ -296,6 +383,7 @@ def test_activating_a_provider_extension_registers_it_and_deactivating_removes_i
     assert "dummy-cloud" not in provider_names()
     assert "provisioning_ext_dummy.provider" not in sys.modules
     assert extensions.active_extensions() == []
+    assert contribution(info) is None
 
 
 def test_invalid_or_incompatible_extensions_refuse_to_activate(tmp_path: Path) -> None:
