@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -189,11 +190,34 @@ class ProgressView:
 
 
 @contextmanager
+def _console_logs_at_warning() -> Iterator[None]:
+    """Log lines written to the terminal behind rich's back tear a live view apart, and the view
+    already says what Prefect's INFO lines would; warnings and errors still print, and the
+    Prefect API (the UI) still receives every line."""
+    handlers = [
+        handler
+        for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.StreamHandler) and handler.level < logging.WARNING
+    ]
+    levels = [handler.level for handler in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+
+
+@contextmanager
 def live_progress(console: Console, workflow: Workflow) -> Iterator[ProgressView]:
     view = ProgressView(workflow)
     subscription = bus.subscribe(None, view.update, workflow_id=workflow.workflow_id)
     try:
-        with Live(view, console=console, refresh_per_second=8, transient=True):
+        with (
+            _console_logs_at_warning(),
+            Live(view, console=console, refresh_per_second=8, transient=True),
+        ):
             yield view
     finally:
         subscription.close()
