@@ -33,6 +33,7 @@ from provisioning.api.state import ApiState
 from provisioning.config import Config
 from provisioning.envelope import ErrorInfo
 from provisioning.errors import ProvisioningError
+from provisioning.extensions import activate_configured
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,12 @@ async def _unexpected(request: Request, error: Exception) -> Response:
 
 
 def create_app(config: Config) -> FastAPI:
-    """The API over ``config``'s journal and the Prefect API this process is configured for."""
+    """The API over ``config``'s journal and the Prefect API this process is configured for.
+
+    The configured extensions are activated first: a submission naming an extension's provider
+    is validated like a file, and ``GET /providers`` lists it.
+    """
+    activate_configured(config)
     token = configured_token(config)
     state = ApiState.from_config(config, token)
 

@@ -1,4 +1,5 @@
-"""``POST /config/reload``: changed settings are reported and emitted, secrets masked."""
+"""The API app built in this process from a configuration: ``POST /config/reload`` reports and
+emits each changed setting with secrets masked, and configured extensions' providers are known."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 from provisioning.api import create_app
 from provisioning.config import load_config
 from provisioning.events import ConfigurationChanged, SystemEvent, bus
+from provisioning.extensions import active_extensions, deactivate
 from provisioning.secrets import MASK
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -53,3 +55,33 @@ def test_reload_needs_the_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     answer = client.post("/config/reload")
     assert answer.status_code == 401
     assert answer.json()["error"]["code"] == "AUTH_REQUIRED"
+
+
+def test_the_api_knows_the_providers_of_configured_extensions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m provisioning.api`` and ``provision up`` build the app from the configuration
+    alone: its extensions must be active there, or a spec naming their provider is refused."""
+    monkeypatch.setenv("PROVISIONING_BASE", str(tmp_path))
+    monkeypatch.setenv("PROVISIONING_API_TOKEN", "t0ken")
+    examples = Path(__file__).resolve().parents[2] / "extensions"
+    (tmp_path / "config.user.toml").write_text(f"[extensions]\npaths = [{str(examples)!r}]\n")
+    headers = {"Authorization": "Bearer t0ken"}
+    spec = {
+        "name": "with-a-process",
+        "operations": [
+            {"id": "p", "kind": "server.create", "provider": "process", "params": {"name": "p"}}
+        ],
+    }
+    try:
+        with TestClient(create_app(load_config(tmp_path))) as client:
+            listed = client.get("/providers", headers=headers, params={"check": "false"})
+            submitted = client.post("/workflows", headers=headers, json=spec)
+    finally:
+        for info in active_extensions():
+            deactivate(info)
+
+    assert listed.status_code == 200, listed.text
+    assert "process" in {provider["name"] for provider in listed.json()["data"]}
+    # Valid: it gets as far as asking Prefect for the run deployment, which this harness lacks.
+    assert submitted.json()["error"]["code"] == "DEPLOYMENT_NOT_FOUND", submitted.text
