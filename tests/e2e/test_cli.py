@@ -254,7 +254,6 @@ def test_version() -> None:
 PLAN_IMPORTS = """
 import json, sys
 from typer.testing import CliRunner, Result
-from providers.aws import AWSProvider
 from provisioning.cli import app
 from provisioning.journal import Journal
 result = CliRunner().invoke(app, ["plan", sys.argv[1]])
