@@ -2,7 +2,8 @@
 
 AWS is a moto server, UpCloud our API emulator and ``local`` a private Docker engine, all on
 127.0.0.1 and all started here, so the demo needs no account and no network. Where no Docker
-engine can be started (no dockerd, not root) the demo says so and runs without the container.
+engine can be started (no dockerd, not root, or it fails to start) the demo says so and runs
+without the container.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from provisioning.config import Config
-from provisioning.sandbox.docker import DockerSandbox
+from provisioning.sandbox.docker import DockerSandbox, SandboxError
 from provisioning.sandbox.moto import MotoSandbox
 from provisioning.sandbox.upcloud import UpCloudEmulator
 from provisioning.spec import Workflow
@@ -52,8 +53,14 @@ def sandboxes(state_dir: Path) -> Iterator[Sandboxes]:
         found.providers["upcloud"] = {"api_endpoint": upcloud.api_root}
         available, reason = DockerSandbox.available()
         if available:
-            docker = stack.enter_context(DockerSandbox(state_dir / "docker"))
-            found.providers["local"] = {"docker_socket": docker.socket_url, "image": docker.image}
+            try:
+                docker = stack.enter_context(DockerSandbox(state_dir / "docker"))
+                found.providers["local"] = {
+                    "docker_socket": docker.socket_url,
+                    "image": docker.image,
+                }
+            except SandboxError as error:  # e.g. a kernel without what dockerd needs
+                found.docker_problem = str(error)
         else:
             found.docker_problem = reason
         yield found
