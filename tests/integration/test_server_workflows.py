@@ -5,11 +5,12 @@ when the machine can start one), then asks the sandboxes directly what exists: s
 and listed in the result, undone in reverse completion order when a later operation fails (or
 when their own operation fails after the provider acted), deleted by name, retried through
 injected transient faults, failed at once on a permanent error, kept under a provider's
-``max_concurrency``, destroyed, and swept up when orphaned.
+``max_concurrency`` and ``requests_per_second``, destroyed, and swept up when orphaned.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import tomllib
 from collections.abc import Iterator
@@ -437,6 +438,43 @@ def test_provider_max_concurrency_caps_requests_in_flight(
     assert len(project.server_ids()["upcloud"]) == 6
     seen = slow_upcloud.peak_in_flight
     assert seen == 2 if peak == "== 2" else seen > 2, f"peak in flight {seen}"
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most requests seen in any one-second window."""
+    ordered = sorted(arrivals)
+    return max(bisect.bisect_left(ordered, start + 1.0) - i for i, start in enumerate(ordered))
+
+
+@pytest.mark.parametrize("rate", [5, 0], ids=["5-per-second", "unlimited"])
+def test_provider_requests_per_second_holds_across_all_operations_of_a_run(
+    project: Project, upcloud_proxy: HoldingProxy, rate: int
+) -> None:
+    """Eight servers created and polled at once share one token bucket of 5 requests a second
+    (bursts up to 5): no second sees more than twice that, and the requests take at least the
+    time the bucket needs for them. Unlimited, the same run is several times faster."""
+    limit = 5
+    upcloud_proxy.reset()
+    project.configure("upcloud", api_endpoint=f"{upcloud_proxy.url}/1.3", requests_per_second=rate)
+    spec = workflow(
+        f"wf-rate-{rate}",
+        [server(f"web{n}", "upcloud", f"web-{n}") for n in range(8)],
+        parallelism=8,
+    )
+
+    result = run_workflow(spec)
+
+    assert result.ok, result
+    assert len(project.server_ids()["upcloud"]) == 8
+    arrivals = sorted(upcloud_proxy.arrivals)
+    span = arrivals[-1] - arrivals[0]
+    paced = (len(arrivals) - limit) / limit  # the least time a bucket of `limit` needs for them
+    if rate:
+        assert busiest_second(arrivals) <= 2 * limit + 1, arrivals
+        assert span >= paced - 0.1, f"{len(arrivals)} requests in {span:.2f}s"
+    else:
+        assert span < paced, f"{len(arrivals)} requests in {span:.2f}s: nothing to limit"
+    upcloud_proxy.reset()
 
 
 def test_sweep_lists_and_deletes_only_servers_no_journal_owns(project: Project) -> None:
