@@ -15,6 +15,7 @@ sent there: the CLI and the API import this module for the bus and must start fa
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -562,7 +563,7 @@ def _send_to_prefect(event: SystemEvent, in_run: bool) -> None:
     from prefect.events import emit_event
     from prefect.exceptions import EventTooLarge
 
-    try:
+    def send() -> None:
         # emit_event only queues the event for Prefect's background worker, which drops it
         # (logging) if the API cannot be reached: a run never waits for or fails on an event.
         emit_event(
@@ -573,8 +574,33 @@ def _send_to_prefect(event: SystemEvent, in_run: bool) -> None:
             occurred=event.occurred,
             id=UUID(event.event_id),
         )
+
+    try:
+        if in_run:
+            send()
+        else:
+            contextvars.copy_context().run(_outside_any_run, send)
     except EventTooLarge as error:
         logger.warning("%s not sent to Prefect: %s", event.kind, error)
+
+
+def _outside_any_run(send: Callable[[], None]) -> None:
+    """Call ``send`` with Prefect's run contexts explicitly empty.
+
+    Prefect's event worker adds the run context's flow run to every event, reading it under the
+    context variables captured at emit time, but only those that were ever set in the emitting
+    thread. An event emitted outside any run would otherwise pick up the flow run that was
+    current when the worker's loop started (a flow earlier in the same process).
+    """
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    run_variables: tuple[contextvars.ContextVar[Any], ...] = (
+        FlowRunContext.__var__,
+        TaskRunContext.__var__,
+    )
+    for variable in run_variables:
+        variable.set(None)
+    send()
 
 
 def emit(event: SystemEvent) -> None:

@@ -467,6 +467,38 @@ def test_inside_a_flow_run_events_name_the_flow_run_and_emitting_is_cheap() -> N
 
 
 @pytest.mark.usefixtures("prefect_api")
+def test_an_event_sent_after_a_flow_names_no_flow_run_of_its_own() -> None:
+    """Prefect's event worker, started inside a flow run, must not tag later events with it."""
+    from prefect import flow
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    EventsWorker.drain_all()  # the next emit starts a new worker, inside the flow below
+
+    @flow
+    def emitting_first() -> None:
+        events.emit(started("wf-before"))
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        emitting_first()
+    flow_run_id = "5d0c8a61-1f7e-4f0e-9a57-0f2c3b0de001"
+    after = [
+        started("wf-after"),
+        created("wf-after").model_copy(update={"flow_run_id": flow_run_id}),
+    ]
+    for event in after:
+        events.emit(event)
+
+    stored = _read_prefect_events([event.event_id for event in after])
+
+    untagged, tagged = (stored[event.event_id] for event in after)
+    assert [item.role for item in untagged.related] == []
+    assert [(item.role, item.id) for item in tagged.related if item.role == "flow-run"] == [
+        ("flow-run", f"prefect.flow-run.{flow_run_id}")
+    ]
+
+
+@pytest.mark.usefixtures("prefect_api")
 def test_an_event_too_large_for_prefect_still_reaches_local_subscribers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
