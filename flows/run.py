@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import base_config, parallelism_of, without_heartbeat, workflow_config
 from flows.recovery import adopt_in_flight
 from flows.unwind import unwind
-from providers.registry import load_workflow
+from providers.registry import load_workflow, warm_up
 from provisioning.config import Config
 from provisioning.envelope import (
     ErrorInfo,
@@ -320,10 +320,11 @@ def run_workflow(
 
     A bad spec raises :class:`provisioning.errors.WorkflowError` before any flow run starts.
     """
-    base_config(overrides)
+    config = base_config(overrides)
     workflow = load_workflow(spec if not isinstance(spec, Mapping) else dict(spec))
     if parallelism is not None:
         workflow.configuration.parallelism = parallelism
+    warm_up(workflow.providers, config)
     with without_heartbeat():
         state = run_workflow_flow(
             workflow.model_dump(mode="json", exclude_defaults=False),

@@ -261,6 +261,10 @@ class AWSProvider(Provider):
                     "ec2", region_name=self.region, endpoint_url=endpoint_url, config=config
                 )
 
+    def warm_up(self) -> None:
+        # The process's first EC2 client parses the service model; later ones reuse it.
+        self._client  # noqa: B018
+
     # -- queries -----------------------------------------------------------------------------
 
     def _describe(self, **params: Any) -> list[dict[str, Any]]:

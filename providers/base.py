@@ -171,6 +171,13 @@ class Provider(ABC):
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 
+    def warm_up(self) -> None:
+        """Pay the driver's one-time set-up (building its API client) before the first call.
+
+        Runs on a background thread while Prefect creates the flow run; the default has nothing
+        to prepare."""
+        return None
+
     @abstractmethod
     def check(self) -> ProviderStatus:
         """Whether the endpoint is reachable and the credentials are accepted."""

@@ -199,6 +199,11 @@ class Workflow(_Strict):
     def upstream(self, operation_id: str) -> list[str]:
         return list(self.dependencies.get(operation_id, []))
 
+    @property
+    def providers(self) -> list[str]:
+        """The providers the operations call, each once."""
+        return sorted({op.provider for op in self.operations if op.provider is not None})
+
 
 def parse_document(text: str, fmt: str, *, source: str) -> Any:
     """Parse TOML, JSON or YAML text; a syntax error names the file and the line."""

@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+import tomli_w
 from botocore.exceptions import ClientError
 
 from providers.aws import CAPACITY_MAX_ATTEMPTS, AWSProvider, client_token, translate_error
@@ -26,6 +27,8 @@ from providers.base import (
     ServerState,
     TransientProviderError,
 )
+from providers.registry import warm_up
+from provisioning.config import load_config
 from provisioning.errors import is_transient
 from provisioning.sandbox.moto import MotoSandbox
 from tests.fixtures.aws import DUMMY_SECRET_KEY
@@ -360,3 +363,23 @@ def test_an_endpoint_that_never_answers_is_a_transient_timeout(aws_config: dict[
         )
         with pytest.raises(TransientProviderError, match="ReadTimeoutError"):
             provider.list_servers()
+
+
+def test_warm_up_builds_the_client_before_the_first_operation(
+    aws_config: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "config.user.toml").write_text(tomli_w.dumps({"providers": {"aws": aws_config}}))
+    config = load_config(tmp_path)
+    provider = AWSProvider(config.provider("aws"))
+    provider.warm_up()
+    assert provider._ec2 is not None
+
+    caplog.set_level(logging.DEBUG, logger="providers.registry")
+    thread = warm_up(["aws", "no-such-provider"], config)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    # An unknown provider is left for the first real call to report, with its usual message.
+    assert (
+        "warming up provider no-such-provider failed: provider 'no-such-provider': unknown"
+        in caplog.text
+    )
