@@ -421,21 +421,28 @@ def slow_upcloud(project: Project, upcloud_proxy: HoldingProxy) -> Iterator[Hold
     upcloud_proxy.reset()
 
 
-@pytest.mark.parametrize(("limit", "peak"), [(2, "== 2"), (6, "> 2")])
-def test_provider_max_concurrency_caps_requests_in_flight(
-    project: Project, slow_upcloud: HoldingProxy, limit: int, peak: str
-) -> None:
-    project.configure("upcloud", max_concurrency=limit)
+def create_upcloud_servers_at_once(project: Project, workflow_id: str, count: int) -> None:
+    """One run creating ``count`` UpCloud servers with nothing between them; all must exist."""
     spec = workflow(
-        f"wf-limit-{limit}",
-        [server(f"web{n}", "upcloud", f"web-{n}") for n in range(6)],
-        parallelism=6,
+        workflow_id,
+        [server(f"web{n}", "upcloud", f"web-{n}") for n in range(count)],
+        parallelism=count,
     )
 
     result = run_workflow(spec)
 
     assert result.ok, result
-    assert len(project.server_ids()["upcloud"]) == 6
+    assert len(project.server_ids()["upcloud"]) == count
+
+
+@pytest.mark.parametrize(("limit", "peak"), [(2, "== 2"), (6, "> 2")])
+def test_provider_max_concurrency_caps_requests_in_flight(
+    project: Project, slow_upcloud: HoldingProxy, limit: int, peak: str
+) -> None:
+    project.configure("upcloud", max_concurrency=limit)
+
+    create_upcloud_servers_at_once(project, f"wf-limit-{limit}", 6)
+
     seen = slow_upcloud.peak_in_flight
     assert seen == 2 if peak == "== 2" else seen > 2, f"peak in flight {seen}"
 
@@ -456,16 +463,9 @@ def test_provider_requests_per_second_holds_across_all_operations_of_a_run(
     limit = 5
     upcloud_proxy.reset()
     project.configure("upcloud", api_endpoint=f"{upcloud_proxy.url}/1.3", requests_per_second=rate)
-    spec = workflow(
-        f"wf-rate-{rate}",
-        [server(f"web{n}", "upcloud", f"web-{n}") for n in range(8)],
-        parallelism=8,
-    )
 
-    result = run_workflow(spec)
+    create_upcloud_servers_at_once(project, f"wf-rate-{rate}", 8)
 
-    assert result.ok, result
-    assert len(project.server_ids()["upcloud"]) == 8
     arrivals = sorted(upcloud_proxy.arrivals)
     span = arrivals[-1] - arrivals[0]
     paced = (len(arrivals) - limit) / limit  # the least time a bucket of `limit` needs for them
